@@ -372,7 +372,8 @@ class _Window:
 
 
 class TransformersActivationModel:
-    """A Hugging Face model truncated after its deepest requested layer (no final norm, no head)."""
+    """A Hugging Face model truncated after its deepest requested layer (no head; no final norm
+    unless the last layer is requested)."""
 
     def __init__(self, location: ModelLocation, settings: ModelSettings) -> None:
         require("torch")
@@ -411,8 +412,9 @@ class TransformersActivationModel:
         except Exception as exc:
             raise ModelError(f"could not load the model from {location.path}: {exc}") from exc
         # Exact early stop: the truncated stack's last hidden state must equal the full model's
-        # hidden_states[deepest], so the final norm must not be applied.
-        if hasattr(model, "norm"):
+        # hidden_states[deepest], so the final norm must not be applied - unless deepest is the
+        # model's last layer, whose entry in the full model's hidden_states is normed.
+        if hasattr(model, "norm") and deepest < total:
             model.norm = torch.nn.Identity()
         model.eval()
         model.requires_grad_(False)

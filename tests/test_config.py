@@ -1,0 +1,309 @@
+"""Settings: defaults, YAML, environment, priority, and errors that name the field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pydantic
+import pytest
+
+from alknet_firewall.config import (
+    ModelSettings,
+    PolicySettings,
+    Settings,
+    coerce_settings,
+    load_settings,
+)
+from alknet_firewall.errors import ConfigurationError, FirewallError
+
+
+def write_yaml(tmp_path: Path, text: str, name: str = "settings.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+# --------------------------------------------------------------------------------------------
+# Defaults
+# --------------------------------------------------------------------------------------------
+def test_defaults() -> None:
+    s = load_settings()
+    m = s.model
+    assert m.source == "embedded"
+    assert m.repo_id == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert m.revision == "main"
+    # The default layer is a tuning choice (it moves with the shipped codebook): pin its shape only.
+    assert len(m.layers) >= 1 and all(isinstance(x, int) and 1 <= x <= 30 for x in m.layers)
+    assert m.pooling == "mean"
+    assert m.dtype == "bfloat16"
+    assert m.max_tokens == 128
+    assert m.window_overlap == 16
+    assert m.batch_size == 16
+    assert m.chat_template is True
+    assert m.cache_dir is None and m.local_path is None
+    assert s.default_policy == "default"
+    assert list(s.policies) == ["default"]
+    p = s.policy()
+    assert p.fail_mode == "closed"
+    assert p.actions == {
+        "clear": "allow",
+        "notice": "allow",
+        "warning": "flag",
+        "critical": "block",
+    }
+    assert p.roles == ("user", "tool", "function")
+    assert s.server.host == "127.0.0.1" and s.server.port == 8080
+    assert s.log_text is False
+    assert s.detection.normalize is True
+    assert 1 <= s.pool.workers <= 8
+
+
+def test_settings_are_frozen() -> None:
+    s = load_settings()
+    with pytest.raises(pydantic.ValidationError):
+        s.model.layers = (3,)  # type: ignore[misc]
+    with pytest.raises(pydantic.ValidationError):
+        s.log_text = True  # type: ignore[misc]
+
+
+def test_layers_are_sorted_and_deduplicated() -> None:
+    assert ModelSettings(layers=(8, 4, 8)).layers == (4, 8)
+
+
+# --------------------------------------------------------------------------------------------
+# Sources
+# --------------------------------------------------------------------------------------------
+YAML = """
+model:
+  layers: [6, 3, 6]
+  dtype: float32
+  max_tokens: 64
+  window_overlap: 4
+server:
+  port: 9000
+policies:
+  default: {}
+  strict:
+    monitor: false
+    thresholds: {notice: 0.2, warning: 0.5, critical: 0.8}
+default_policy: strict
+log_text: true
+"""
+
+
+def test_yaml_file(tmp_path: Path) -> None:
+    s = load_settings(write_yaml(tmp_path, YAML))
+    assert s.model.layers == (3, 6)
+    assert s.model.dtype == "float32"
+    assert s.model.max_tokens == 64 and s.model.window_overlap == 4
+    assert s.model.pooling == "mean"  # untouched fields keep their defaults
+    assert s.server.port == 9000 and s.server.host == "127.0.0.1"
+    assert s.default_policy == "strict"
+    assert s.policy().thresholds == {"notice": 0.2, "warning": 0.5, "critical": 0.8}
+    assert s.policy("default").thresholds == {}
+    assert s.log_text is True
+
+
+def test_yaml_path_from_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ALKNET_FIREWALL_CONFIG", str(write_yaml(tmp_path, YAML)))
+    assert load_settings().model.layers == (3, 6)
+    # An explicit path wins over $ALKNET_FIREWALL_CONFIG.
+    other = write_yaml(tmp_path, "model: {layers: [9]}\n", name="other.yaml")
+    assert load_settings(other).model.layers == (9,)
+
+
+def test_empty_yaml_means_defaults(tmp_path: Path) -> None:
+    assert load_settings(write_yaml(tmp_path, "")) == load_settings()
+
+
+def test_env_vars(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ALKNET_FIREWALL_MODEL__LAYERS", "[4,8]")
+    monkeypatch.setenv("ALKNET_FIREWALL_MODEL__DTYPE", "float32")
+    monkeypatch.setenv("ALKNET_FIREWALL_SERVER__PORT", "8181")
+    monkeypatch.setenv("ALKNET_FIREWALL_LOG_TEXT", "true")
+    s = load_settings()
+    assert s.model.layers == (4, 8)
+    assert s.model.dtype == "float32"
+    assert s.server.port == 8181
+    assert s.log_text is True
+    # Settings() itself reads the environment too.
+    assert Settings().model.layers == (4, 8)
+
+
+def test_non_setting_env_vars_do_not_trip_extra_forbid(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # These share the ALKNET_FIREWALL_ prefix but are not settings fields.
+    monkeypatch.setenv("ALKNET_FIREWALL_CACHE", str(tmp_path))
+    monkeypatch.setenv("ALKNET_FIREWALL_GGUF", str(tmp_path / "x.gguf"))
+    monkeypatch.setenv("ALKNET_FIREWALL_CONFIG", str(write_yaml(tmp_path, "log_text: true\n")))
+    assert load_settings().log_text is True
+
+
+def test_priority_kwargs_over_env_over_yaml(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = write_yaml(
+        tmp_path,
+        "model:\n  layers: [2]\n  dtype: float32\n  max_tokens: 64\nserver:\n  port: 9000\n",
+    )
+    monkeypatch.setenv("ALKNET_FIREWALL_MODEL__LAYERS", "[4,8]")
+    monkeypatch.setenv("ALKNET_FIREWALL_MODEL__POOLING", "last")
+    monkeypatch.setenv("ALKNET_FIREWALL_SERVER__PORT", "9100")
+
+    s = load_settings(path)
+    assert s.model.layers == (4, 8)  # env beats yaml
+    assert s.server.port == 9100
+    assert s.model.dtype == "float32"  # yaml beats defaults
+    assert s.model.max_tokens == 64
+    assert s.model.pooling == "last"  # env beats defaults
+
+    s = load_settings(path, model={"layers": [10]}, server={"port": 9200})
+    assert s.model.layers == (10,)  # kwargs beat env and yaml
+    assert s.server.port == 9200
+    # Nested sections merge field by field across sources.
+    assert s.model.pooling == "last"
+    assert s.model.dtype == "float32"
+    assert s.model.max_tokens == 64
+
+
+def test_coerce_settings(tmp_path: Path) -> None:
+    s = load_settings(model={"layers": [5]})
+    assert coerce_settings(s) is s
+    assert coerce_settings({"model": {"layers": [5]}}).model.layers == (5,)
+    assert coerce_settings(write_yaml(tmp_path, YAML)).model.layers == (3, 6)
+    assert coerce_settings(str(write_yaml(tmp_path, YAML))).model.layers == (3, 6)
+    assert coerce_settings(None) == load_settings()
+
+
+def test_unknown_policy_lookup() -> None:
+    with pytest.raises(ConfigurationError, match="nope"):
+        load_settings().policy("nope")
+
+
+# --------------------------------------------------------------------------------------------
+# Errors name the field
+# --------------------------------------------------------------------------------------------
+def _error(**overrides: object) -> str:
+    with pytest.raises(ConfigurationError) as info:
+        load_settings(**overrides)
+    return str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field"),
+    [
+        ({"model": {"max_tokens": 3}}, "model.max_tokens"),
+        ({"model": {"max_tokens": 100000}}, "model.max_tokens"),
+        ({"model": {"layers": [0]}}, "model.layers"),
+        ({"model": {"layers": []}}, "model.layers"),
+        ({"model": {"dtype": "float16"}}, "model.dtype"),
+        ({"model": {"pooling": "max"}}, "model.pooling"),
+        ({"model": {"source": "s3"}}, "model.source"),
+        ({"model": {"batch_size": 0}}, "model.batch_size"),
+        ({"model": {"nope": 1}}, "model.nope"),
+        ({"server": {"port": 70000}}, "server.port"),
+        ({"pool": {"workers": 0}}, "pool.workers"),
+        ({"policies": {"default": {"fail_mode": "maybe"}}}, "policies.default.fail_mode"),
+        ({"policies": {"default": {"thresholds": {"notice": 1.5}}}}, "policies.default.thresholds"),
+    ],
+)
+def test_invalid_values_name_the_field(overrides: dict[str, object], field: str) -> None:
+    assert field in _error(**overrides)
+
+
+def test_window_overlap_must_be_below_max_tokens() -> None:
+    msg = _error(model={"max_tokens": 32, "window_overlap": 32})
+    assert "window_overlap" in msg and "max_tokens" in msg
+    assert any(line.strip().startswith("model") for line in msg.splitlines()[1:])
+    # One below is fine.
+    assert load_settings(model={"max_tokens": 32, "window_overlap": 31}).model.window_overlap == 31
+
+
+def test_local_source_needs_a_path() -> None:
+    assert "local_path" in _error(model={"source": "local"})
+
+
+def test_unknown_top_level_key() -> None:
+    assert "bogus" in _error(bogus=1)
+
+
+def test_unknown_default_policy() -> None:
+    msg = _error(default_policy="strict")
+    assert "default_policy" in msg and "'strict'" in msg
+
+
+def test_decreasing_thresholds_rejected() -> None:
+    msg = _error(policies={"default": {"thresholds": {"notice": 0.6, "warning": 0.3}}})
+    assert "policies.default.thresholds" in msg and "increase" in msg
+
+
+def test_actions_must_cover_every_level() -> None:
+    msg = _error(policies={"default": {"actions": {"clear": "allow"}}})
+    assert "policies.default.actions" in msg and "critical" in msg
+
+
+def test_every_error_is_listed() -> None:
+    msg = _error(model={"max_tokens": 3, "dtype": "int8"}, server={"port": -1})
+    for field in ("model.max_tokens", "model.dtype", "server.port"):
+        assert field in msg
+
+
+def test_invalid_env_value_names_the_field(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ALKNET_FIREWALL_MODEL__DTYPE", "float16")
+    assert "model.dtype" in _error()
+
+
+def test_unknown_nested_env_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ALKNET_FIREWALL_MODEL__LAYER", "[4]")  # typo for LAYERS
+    assert "model.layer:" in _error()
+
+
+def test_unknown_key_in_yaml(tmp_path: Path) -> None:
+    with pytest.raises(ConfigurationError, match=r"model\.layerz"):
+        load_settings(write_yaml(tmp_path, "model:\n  layerz: [4]\n"))
+
+
+def test_invalid_value_in_yaml(tmp_path: Path) -> None:
+    with pytest.raises(ConfigurationError, match=r"model\.max_tokens"):
+        load_settings(write_yaml(tmp_path, "model:\n  max_tokens: 2\n"))
+
+
+def test_bad_yaml(tmp_path: Path) -> None:
+    path = write_yaml(tmp_path, "model: [unclosed\n")
+    with pytest.raises(ConfigurationError) as info:
+        load_settings(path)
+    assert "not valid YAML" in str(info.value) and str(path) in str(info.value)
+
+
+def test_yaml_must_be_a_mapping(tmp_path: Path) -> None:
+    with pytest.raises(ConfigurationError, match="mapping"):
+        load_settings(write_yaml(tmp_path, "- a\n- b\n"))
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    path = tmp_path / "missing.yaml"
+    with pytest.raises(ConfigurationError) as info:
+        load_settings(path)
+    assert "not found" in str(info.value) and str(path) in str(info.value)
+
+
+def test_missing_file_from_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ALKNET_FIREWALL_CONFIG", str(tmp_path / "gone.yaml"))
+    with pytest.raises(ConfigurationError, match=r"gone\.yaml"):
+        load_settings()
+
+
+def test_configuration_error_hierarchy() -> None:
+    with pytest.raises(ValueError):  # callers may catch it as a ValueError
+        load_settings(model={"max_tokens": 3})
+    assert issubclass(ConfigurationError, FirewallError)
+    assert ConfigurationError.code == "configuration_error"
+
+
+def test_policy_settings_direct_validation() -> None:
+    # Sub-models validate on their own as well (used when building settings in code).
+    with pytest.raises(pydantic.ValidationError):
+        PolicySettings(thresholds={"warning": 0.9, "critical": 0.1})
+    with pytest.raises(pydantic.ValidationError):
+        ModelSettings(max_tokens=16, window_overlap=16)
