@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
-from .errors import FirewallError
+from .errors import BadInputError, FirewallError
 
 
 def _settings(args: argparse.Namespace) -> Any:
@@ -44,6 +46,293 @@ def cmd_model_info(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- detection ---------------------------------------------------------------------------------
+def _firewall(args: argparse.Namespace, *, single: bool = False) -> Any:
+    from .firewall import Firewall
+
+    settings = _settings(args)
+    pool = settings.pool
+    if single:  # one message at a time: one worker on every core is fastest
+        pool = pool.model_copy(update={"workers": 1, "threads_per_worker": os.cpu_count() or 1})
+    update: dict[str, Any] = {"pool": pool.model_copy(update={"warmup": False})}
+    if getattr(args, "codebook", None):
+        update["detection"] = settings.detection.model_copy(
+            update={"codebook": Path(args.codebook)}
+        )
+    return Firewall(settings.model_copy(update=update))
+
+
+def _input_of(obj: Any) -> Any:
+    """The screenable part of a JSONL object: ``messages`` or ``text``."""
+    if isinstance(obj, dict):
+        if "messages" in obj:
+            return obj["messages"]
+        if isinstance(obj.get("text"), str):
+            return obj["text"]
+    raise BadInputError("each line must be an object with 'text' (string) or 'messages' (list)")
+
+
+def cmd_screen(args: argparse.Namespace) -> int:
+    text = sys.stdin.read() if args.text == "-" else args.text
+    data: Any = text
+    if args.messages:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise BadInputError(f"--messages expects a JSON list of chat messages: {exc}") from None
+    with _firewall(args, single=True) as fw:
+        verdict = fw.screen(data, policy=args.policy)
+    _print_json(verdict.to_dict())
+    return 0
+
+
+def cmd_scan(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    src = sys.stdin if args.input == "-" else open(args.input, encoding="utf-8")  # noqa: SIM115
+    out = sys.stdout if args.output == "-" else open(args.output, "w", encoding="utf-8")  # noqa: SIM115
+    lines = [line.rstrip("\r\n") for line in src if line.strip()]
+    counts: dict[str, int] = {}
+    with (
+        _firewall(args) as fw,
+        tqdm(total=len(lines), desc="scan", unit="msg", file=sys.stderr) as bar,
+    ):
+        for start in range(0, len(lines), args.batch):
+            chunk = lines[start : start + args.batch]
+            parsed: list[Any] = []
+            for line in chunk:
+                try:
+                    obj = json.loads(line)
+                    parsed.append((obj, _input_of(obj), None))
+                except (json.JSONDecodeError, BadInputError) as exc:
+                    parsed.append((None, None, str(exc)))
+            ok = [i for i, p in enumerate(parsed) if p[2] is None]
+            verdicts: dict[int, Any] = {}
+            if ok:
+                results = fw.screen_many_safe([parsed[i][1] for i in ok], policy=args.policy)
+                verdicts = dict(zip(ok, results, strict=True))
+            for i, line in enumerate(chunk):
+                obj, _, err = parsed[i]
+                v = verdicts.get(i)
+                if isinstance(v, BaseException):
+                    err = f"{v.__class__.__name__}: {v}"
+                    v = None
+                if err is not None:
+                    counts["error"] = counts.get("error", 0) + 1
+                    rec = {"line": start + i + 1, "error": err}
+                    if obj is not None:
+                        out.write(_splice(line, obj, "error", err) + "\n")
+                    else:
+                        out.write(json.dumps(rec) + "\n")
+                    continue
+                counts[v.action] = counts.get(v.action, 0) + 1
+                out.write(_splice(line, obj, "verdict", v.to_dict()) + "\n")
+            bar.update(len(chunk))
+    if out is not sys.stdout:
+        out.close()
+    sys.stderr.write(json.dumps({"scanned": len(lines), **counts}) + "\n")
+    return 0
+
+
+def _splice(line: str, obj: dict[str, Any], key: str, value: Any) -> str:
+    """The input line, byte for byte, with one key appended to the object."""
+    payload = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    stripped = line.rstrip()
+    if key in obj or not stripped.endswith("}"):
+        obj = dict(obj)
+        obj[key] = value
+        return json.dumps(obj, ensure_ascii=False)
+    body = stripped[:-1].rstrip()
+    sep = "" if body.endswith("{") else ", "
+    return f'{body}{sep}"{key}": {payload}}}'
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from .corpus import read_jsonl
+    from .evaluation import summarise, write_report
+
+    records = read_jsonl(args.inputs)
+    with _firewall(args) as fw:
+        verdicts = fw.screen_many_safe([r.text for r in records], policy=args.policy, progress=True)
+        thresholds = fw.thresholds(fw.settings.policy(args.policy))
+    bad = [v for v in verdicts if isinstance(v, BaseException)]
+    if bad:
+        sys.stderr.write(f"alknet-firewall: {len(bad)} texts could not be screened: {bad[0]}\n")
+    scores = np.array([0.0 if isinstance(v, BaseException) else v.score for v in verdicts])
+    levels = ["clear" if isinstance(v, BaseException) else v.level for v in verdicts]
+    report = summarise(
+        [r.label for r in records],
+        [r.kind for r in records],
+        [r.source for r in records],
+        scores,
+        levels,
+        thresholds,
+    )
+    write_report(report, args.report, scores, np.array([r.label for r in records]))
+    _print_json(
+        {
+            "report": str(Path(args.report) / "report.md"),
+            **report["all_attacks_vs_benign"],
+            **report["at_thresholds"],
+        }
+    )
+    return 0
+
+
+def cmd_codebook_build(args: argparse.Namespace) -> int:
+    from .codebook import CodebookBuilder
+    from .corpus import augment, extract, files_digest, read_jsonl
+    from .model import load_model
+
+    settings = _settings(args)
+    ms = settings.model
+    if args.layers:
+        ms = ms.model_copy(update={"layers": tuple(int(x) for x in args.layers.split(","))})
+    records = read_jsonl(args.corpus)
+    if not args.no_augment:
+        records = records + augment(records, seed=args.seed)
+    model = load_model(ms)
+    feats = extract(model, [r.text for r in records], max_windows=args.max_windows)
+    info = model.describe()
+    meta = {
+        "model": {
+            k: info[k]
+            for k in (
+                "name",
+                "revision",
+                "weights_digest",
+                "layers",
+                "pooling",
+                "chat_template",
+                "max_tokens",
+                "window_overlap",
+                "dtype",
+            )
+        },
+        "corpus": {
+            "digest": files_digest(args.corpus),
+            "texts": len(records),
+            "augmented": not args.no_augment,
+            "max_windows": args.max_windows,
+        },
+        "build_command": "alknet-firewall " + " ".join(sys.argv[1:]) if sys.argv else None,
+    }
+    builder = CodebookBuilder(k=args.k, C=args.C, random_state=args.seed)
+    builder.fit(feats, [r.kind for r in records], groups=[r.group for r in records], metadata=meta)
+    path = builder.codebook_.save(args.output)
+    _print_json({"codebook": str(path), **builder.codebook_.info()})
+    return 0
+
+
+def cmd_codebook_calibrate(args: argparse.Namespace) -> int:
+    from .codebook import calibrate, load_codebook
+    from .corpus import extract, files_digest
+    from .model import load_model
+
+    texts: list[str] = []
+    for path in args.inputs:
+        with open(path, encoding="utf-8") as fh:
+            for n, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise BadInputError(f"{path}:{n}: invalid JSON: {exc}") from None
+                if isinstance(obj, dict) and obj.get("label", 0) != 0:
+                    continue  # labelled attacks never enter a benign calibration
+                data = _input_of(obj)
+                if isinstance(data, str):
+                    texts.append(data)
+                else:
+                    from .firewall import extract_texts
+
+                    texts.extend(t for _, t in extract_texts(data, ("user", "tool", "function"))[0])
+    settings = _settings(args)
+    cb = load_codebook(args.codebook or settings.detection.codebook)
+    ms = settings.model.model_copy(update={"layers": tuple(cb.layers)})
+    model = load_model(ms)
+    cb.check_model(model.describe())
+    feats = extract(model, texts)
+    target = dict(cb.metadata.get("target_fpr", {}))
+    for level in ("notice", "warning", "critical"):
+        v = getattr(args, f"fpr_{level}")
+        if v is not None:
+            target[level] = v
+    new = calibrate(
+        cb, feats, target or None, source=f"{len(texts)} texts, {files_digest(args.inputs)}"
+    )
+    path = new.save(args.output)
+    _print_json(
+        {
+            "codebook": str(path),
+            "thresholds": new.thresholds,
+            "calibration": new.metadata["calibration"],
+        }
+    )
+    return 0
+
+
+def cmd_codebook_info(args: argparse.Namespace) -> int:
+    from .codebook import load_codebook
+
+    _print_json(load_codebook(args.path).info())
+    return 0
+
+
+def _add_detection(sub: Any) -> None:
+    p = sub.add_parser("screen", help="screen one text (or --messages JSON) and print the verdict")
+    p.add_argument("text", help="the text, or - to read stdin")
+    p.add_argument("--messages", action="store_true", help="TEXT is a JSON list of chat messages")
+    p.add_argument("--policy", default=None)
+    p.add_argument("--codebook", default=None)
+    p.set_defaults(func=cmd_screen)
+
+    p = sub.add_parser("scan", help="screen every line of a JSONL file")
+    p.add_argument("input", help="JSONL with 'text' or 'messages' per line (- for stdin)")
+    p.add_argument("--output", "-o", required=True, help="output JSONL (- for stdout)")
+    p.add_argument("--policy", default=None)
+    p.add_argument("--codebook", default=None)
+    p.add_argument("--batch", type=int, default=64, help="lines screened together")
+    p.set_defaults(func=cmd_scan)
+
+    p = sub.add_parser("eval", help="evaluate on labelled JSONL files and write a report")
+    p.add_argument("inputs", nargs="+", help="labelled JSONL files or directories")
+    p.add_argument("--report", required=True, help="output directory")
+    p.add_argument("--policy", default=None)
+    p.add_argument("--codebook", default=None)
+    p.set_defaults(func=cmd_eval)
+
+    cb = sub.add_parser("codebook", help="build, calibrate or describe a codebook")
+    cbs = cb.add_subparsers(dest="codebook_command", required=True)
+    p = cbs.add_parser("build", help="fit a codebook on a labelled corpus")
+    p.add_argument("--corpus", nargs="+", required=True, help="labelled JSONL files or directories")
+    p.add_argument("--output", "-o", required=True)
+    p.add_argument("--layers", default=None, help="comma-separated layers (default: settings)")
+    p.add_argument("--k", type=int, default=64, help="SVD components per layer")
+    p.add_argument("--C", type=float, default=0.01, help="inverse regularisation of the heads")
+    p.add_argument("--max-windows", type=int, default=12, help="windows per text used for fitting")
+    p.add_argument("--no-augment", action="store_true", help="skip rule-based augmentation")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_codebook_build)
+    p = cbs.add_parser("calibrate", help="refit thresholds on your own benign traffic (no labels)")
+    p.add_argument(
+        "inputs", nargs="+", help="JSONL with 'text' or 'messages' (label 1 rows skipped)"
+    )
+    p.add_argument("--output", "-o", required=True)
+    p.add_argument("--codebook", default=None, help="codebook to recalibrate (default: configured)")
+    for level, default in (("notice", None), ("warning", None), ("critical", None)):
+        p.add_argument(
+            f"--fpr-{level}", type=float, default=default, help=f"target FPR for {level}"
+        )
+    p.set_defaults(func=cmd_codebook_calibrate)
+    p = cbs.add_parser("info", help="print a codebook's metadata as JSON")
+    p.add_argument("path", nargs="?", default=None, help="codebook file (default: shipped)")
+    p.set_defaults(func=cmd_codebook_info)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="alknet-firewall",
@@ -67,7 +356,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 #: Sub-command registrars added by other modules (detection, serving) without circular imports.
-_EXTENSIONS: list[Callable[[Any], None]] = []
+_EXTENSIONS: list[Callable[[Any], None]] = [_add_detection]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -42,7 +42,7 @@ class ModelSettings(_Strict):
     local_path: Path | None = None
     #: Hidden-state layers returned (1-based, as in ``output_hidden_states``); the model stops
     #: after the deepest one.
-    layers: tuple[int, ...] = (12,)
+    layers: tuple[int, ...] = (8,)
     pooling: Literal["mean", "last", "both"] = "mean"
     #: Wrap each text in the model's chat template as a user turn.
     chat_template: bool = True
@@ -103,6 +103,9 @@ class PolicySettings(_Strict):
         }
     )
     fail_mode: FailMode = "closed"
+    #: A full queue: ``reject`` raises OverloadError (HTTP 429/503 with Retry-After in the
+    #: integrations); ``fail_mode`` turns it into the fail-mode verdict instead.
+    overload: Literal["reject", "fail_mode"] = "reject"
     #: Chat roles whose content is screened. The system prompt is the operator's.
     roles: tuple[str, ...] = ("user", "tool", "function")
     #: Monitor only: never block, downgrade ``block`` to ``flag``.

@@ -1,0 +1,195 @@
+"""Labelled texts for fitting, calibrating and evaluating codebooks (the corpus JSONL schema).
+
+Each line: ``text``, ``label`` (0 benign, 1 attack), ``kind``, ``source`` and optional fields.
+Rule-based augmentation derives indirect-injection examples (an injection inside a benign
+document) and benign concatenations from the corpus itself; nothing outside it is used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import BadInputError
+
+INJECTION_KINDS = ("direct_injection", "prompt_extraction")
+DOCUMENT_SOURCES = ("gsm8k", "self_instruct", "oasst", "fastchat", "truthfulqa", "humaneval")
+
+
+@dataclass(frozen=True)
+class Record:
+    text: str
+    label: int
+    kind: str
+    source: str
+    #: Group kept together in splits (a source; augmented rows keep their origin's group).
+    group: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def read_jsonl(paths: Iterable[str | Path]) -> list[Record]:
+    """Read labelled JSONL files (a directory means every ``*.jsonl`` in it)."""
+    files: list[Path] = []
+    for p in paths:
+        p = Path(p)
+        files.extend(sorted(p.glob("*.jsonl")) if p.is_dir() else [p])
+    if not files:
+        raise BadInputError("no JSONL files given")
+    out: list[Record] = []
+    for f in files:
+        with f.open(encoding="utf-8") as fh:
+            for n, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise BadInputError(f"{f}:{n}: invalid JSON: {exc}") from None
+                text = obj.get("text")
+                if not isinstance(text, str):
+                    raise BadInputError(f"{f}:{n}: 'text' must be a string")
+                label = int(obj.get("label", 0))
+                kind = str(obj.get("kind") or ("benign" if label == 0 else "direct_injection"))
+                source = str(obj.get("source") or f.stem)
+                out.append(Record(text, label, kind, source, source))
+    return out
+
+
+def files_digest(paths: Iterable[str | Path]) -> str:
+    h = hashlib.sha256()
+    for p in paths:
+        p = Path(p)
+        for f in sorted(p.glob("*.jsonl")) if p.is_dir() else [p]:
+            h.update(f.name.encode())
+            h.update(hashlib.sha256(f.read_bytes()).digest())
+    return "sha256:" + h.hexdigest()
+
+
+def augment(records: Sequence[Record], *, seed: int = 0) -> list[Record]:
+    """Rule-based variants: injections embedded in benign documents, benign concatenations."""
+    rng = random.Random(seed)
+    docs = [r for r in records if r.label == 0 and r.source in DOCUMENT_SOURCES]
+    if not docs:
+        return []
+    out: list[Record] = []
+    for r in records:
+        if r.kind not in INJECTION_KINDS:
+            continue
+        doc = rng.choice(docs)
+        sentences = doc.text.split(". ")
+        if len(sentences) > 2 and rng.random() < 0.5:
+            cut = rng.randrange(1, len(sentences))
+            text = ". ".join(sentences[:cut]) + ". " + r.text + " " + ". ".join(sentences[cut:])
+        else:
+            text = doc.text.rstrip() + "\n\n" + r.text
+        out.append(
+            Record(text, 1, "indirect_injection", f"aug:{r.source}", r.group, {"augmented": True})
+        )
+    n_pairs = len(out)
+    for _ in range(n_pairs):
+        a, b = rng.sample(docs, 2)
+        out.append(
+            Record(
+                a.text.rstrip() + "\n\n" + b.text,
+                0,
+                "benign",
+                f"aug:{a.source}",
+                a.group,
+                {"augmented": True},
+            )
+        )
+    return out
+
+
+def select_windows(wins: list[Any], n_texts: int, max_windows: int | None) -> list[Any]:
+    """Keep at most ``max_windows`` evenly spaced windows per text (first and last included)."""
+    if not max_windows:
+        return wins
+    by_text: dict[int, list[Any]] = {}
+    for w in wins:
+        by_text.setdefault(w.text, []).append(w)
+    kept = []
+    for t in range(n_texts):
+        ws = by_text.get(t, [])
+        if len(ws) > max_windows:
+            idx = np.unique(np.linspace(0, len(ws) - 1, max_windows).round().astype(int))
+            ws = [ws[i] for i in idx]
+        kept.extend(ws)
+    return kept
+
+
+def extract(
+    model: Any,
+    texts: Sequence[str],
+    *,
+    max_windows: int | None = None,
+    chunk: int = 256,
+    progress: bool = True,
+    normalize_text: bool = True,
+) -> Any:
+    """Window features of many texts, in chunks, with a progress bar on stderr."""
+    from tqdm import tqdm
+
+    from .model import WindowFeatures
+    from .normalize import normalize
+
+    parts: list[WindowFeatures] = []
+    bar = tqdm(total=len(texts), desc="activations", unit="text", disable=not progress)
+    for start in range(0, len(texts), chunk):
+        batch = list(texts[start : start + chunk])
+        if normalize_text:
+            batch = [normalize(t) for t in batch]
+        wins = model.windows(model.tokenize(batch))
+        wins = select_windows(wins, len(batch), max_windows)
+        parts.append(model.encode_token_windows(wins, len(batch)))
+        bar.update(len(batch))
+    bar.close()
+    return concat_features(parts)
+
+
+def concat_features(parts: Sequence[Any]) -> Any:
+    from .model import WindowFeatures
+
+    offsets = np.cumsum([0] + [p.n_texts for p in parts])
+    layers = parts[0].features.keys()
+    return WindowFeatures(
+        features={k: np.concatenate([p.features[k] for p in parts]) for k in layers},
+        text_index=np.concatenate([p.text_index + o for p, o in zip(parts, offsets, strict=False)]),
+        window_index=np.concatenate([p.window_index for p in parts]),
+        token_start=np.concatenate([p.token_start for p in parts]),
+        n_tokens=np.concatenate([p.n_tokens for p in parts]),
+        n_texts=int(offsets[-1]),
+    )
+
+
+def save_features(path: str | Path, feats: Any) -> None:
+    np.savez(
+        path,
+        text_index=feats.text_index,
+        window_index=feats.window_index,
+        token_start=feats.token_start,
+        n_tokens=feats.n_tokens,
+        n_texts=np.array(feats.n_texts),
+        **{f"layer_{k}": v for k, v in feats.features.items()},
+    )
+
+
+def load_features(path: str | Path) -> Any:
+    from .model import WindowFeatures
+
+    d = np.load(path)
+    return WindowFeatures(
+        features={int(k.split("_")[1]): d[k] for k in d.files if k.startswith("layer_")},
+        text_index=d["text_index"],
+        window_index=d["window_index"],
+        token_start=d["token_start"],
+        n_tokens=d["n_tokens"],
+        n_texts=int(d["n_texts"]),
+    )

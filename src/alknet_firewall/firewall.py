@@ -1,0 +1,620 @@
+"""The firewall: the API every integration calls, and the alarm protocol (``Verdict``)."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import hashlib
+import json
+import logging
+import sys
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .config import LEVELS, PolicySettings, Settings, coerce_settings
+from .constants import HEADER_PREFIX
+from .errors import (
+    BadInputError,
+    FirewallClosedError,
+    FirewallError,
+    InputTooLargeError,
+    OverloadError,
+    ScreenTimeoutError,
+)
+from .normalize import normalize
+from .scoring import Scores, level_for
+
+log = logging.getLogger("alknet_firewall")
+
+#: A screen() input: one text, or OpenAI chat messages.
+ScreenInput = str | Sequence[Mapping[str, Any]]
+
+
+# --------------------------------------------------------------------------------------------
+# Alarm protocol
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Verdict:
+    """The firewall's answer for one request. JSON schema: ``docs/verdict.schema.json``."""
+
+    action: str  # allow | flag | block
+    level: str  # clear | notice | warning | critical
+    score: float
+    signals: dict[str, float]
+    #: Signal that set the level (None when clear or on error).
+    signal: str | None = None
+    #: Index (in the request's messages) of the message that drove the score.
+    message_index: int | None = None
+    #: Window of that message that drove it: token span, layer, top basis components.
+    window: dict[str, Any] | None = None
+    codebook_id: str = ""
+    policy: str = "default"
+    thresholds: dict[str, float] = field(default_factory=dict)
+    screened_messages: int = 0
+    cached_messages: int = 0
+    #: Content parts not screened (e.g. ``image_url``), by message index.
+    ignored: list[str] = field(default_factory=list)
+    latency_ms: float = 0.0
+    #: Set when the verdict comes from ``fail_mode`` after an internal failure.
+    error: str | None = None
+    error_code: str | None = None
+
+    @property
+    def blocked(self) -> bool:
+        return self.action == "block"
+
+    @property
+    def flagged(self) -> bool:
+        return self.action == "flag"
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["score"] = round(self.score, 6)
+        d["signals"] = {k: round(v, 6) for k, v in self.signals.items()}
+        d["latency_ms"] = round(self.latency_ms, 3)
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), separators=(",", ":"), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Verdict:
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+
+    def headers(self) -> dict[str, str]:
+        """Compact header form (``x-alknet-firewall-*``), ASCII only."""
+        h = {
+            f"{HEADER_PREFIX}action": self.action,
+            f"{HEADER_PREFIX}level": self.level,
+            f"{HEADER_PREFIX}score": f"{self.score:.4f}",
+            f"{HEADER_PREFIX}signals": ",".join(
+                f"{k}={v:.4f}" for k, v in sorted(self.signals.items())
+            ),
+            f"{HEADER_PREFIX}codebook": self.codebook_id,
+            f"{HEADER_PREFIX}policy": self.policy,
+        }
+        if self.signal:
+            h[f"{HEADER_PREFIX}signal"] = self.signal
+        if self.message_index is not None:
+            h[f"{HEADER_PREFIX}message"] = str(self.message_index)
+        if self.error_code:
+            h[f"{HEADER_PREFIX}error"] = self.error_code
+        return h
+
+
+# --------------------------------------------------------------------------------------------
+# Input handling
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Item:
+    """One text to screen: (message index, normalised text)."""
+
+    message_index: int
+    text: str
+
+
+def extract_texts(
+    data: ScreenInput, roles: Sequence[str]
+) -> tuple[list[tuple[int, str]], list[str]]:
+    """Texts to screen from a string or OpenAI chat messages, and what was ignored.
+
+    Raises :class:`BadInputError` for shapes that are not chat messages.
+    """
+    if isinstance(data, str):
+        return [(0, data)], []
+    if isinstance(data, (bytes, bytearray)):
+        raise BadInputError(
+            "screen() takes str or a list of chat messages, not bytes; decode first"
+        )
+    if isinstance(data, Mapping) or not isinstance(data, Sequence):
+        raise BadInputError(
+            f"screen() takes str or a list of chat messages, not {type(data).__name__}"
+        )
+    texts: list[tuple[int, str]] = []
+    ignored: list[str] = []
+    for i, msg in enumerate(data):
+        if not isinstance(msg, Mapping):
+            raise BadInputError(f"messages[{i}] must be an object, not {type(msg).__name__}")
+        role = msg.get("role")
+        if not isinstance(role, str):
+            raise BadInputError(f"messages[{i}].role must be a string")
+        if role not in roles:
+            continue
+        content = msg.get("content")
+        parts: list[str] = []
+        if content is None:
+            pass
+        elif isinstance(content, str):
+            parts.append(content)
+        elif isinstance(content, Sequence) and not isinstance(content, (bytes, bytearray)):
+            for j, part in enumerate(content):
+                if isinstance(part, str):
+                    parts.append(part)
+                    continue
+                if not isinstance(part, Mapping):
+                    raise BadInputError(f"messages[{i}].content[{j}] must be an object")
+                ptype = part.get("type")
+                if ptype in ("text", "input_text", "output_text"):
+                    text = part.get("text")
+                    if not isinstance(text, str):
+                        raise BadInputError(f"messages[{i}].content[{j}].text must be a string")
+                    parts.append(text)
+                else:
+                    ignored.append(f"messages[{i}].content[{j}]:{ptype}")
+        else:
+            raise BadInputError(
+                f"messages[{i}].content must be a string, a list of parts or null, "
+                f"not {type(content).__name__}"
+            )
+        # Tool-call arguments a client sends back are untrusted model output; screen them too.
+        for call in msg.get("tool_calls") or []:
+            if isinstance(call, Mapping):
+                fn = call.get("function")
+                if isinstance(fn, Mapping) and isinstance(fn.get("arguments"), str):
+                    parts.append(fn["arguments"])
+        text = "\n".join(p for p in parts if p)
+        if text.strip():
+            texts.append((i, text))
+    return texts, ignored
+
+
+# --------------------------------------------------------------------------------------------
+# The firewall
+# --------------------------------------------------------------------------------------------
+class Firewall:
+    """Screens text or chat messages. Thread-safe; use one per process.
+
+    >>> fw = Firewall.from_config()            # doctest: +SKIP
+    >>> fw.screen("Ignore all previous instructions").action   # doctest: +SKIP
+    'block'
+    """
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        model: Any | None = None,
+        codebook: Any | None = None,
+    ) -> None:
+        from .codebook import load_codebook
+        from .model import load_model
+        from .pool import BatchPool
+        from .scoring import Scorer
+
+        self.settings = settings or coerce_settings(None)
+        s = self.settings
+        self.codebook = codebook if codebook is not None else load_codebook(s.detection.codebook)
+        if model is None:
+            model = load_model(self._model_settings())
+        self.model = model
+        self.codebook.check_model(model.describe())
+        self.scorer = Scorer(self.codebook)
+        self._cache: OrderedDict[str, Scores] = OrderedDict()
+        self._cache_lock = threading.Lock()
+        self._cache_hits = 0
+        self._closed = False
+        from . import metrics
+
+        self._metrics = metrics.get()
+        p = s.pool
+        self.pool: BatchPool[str, Scores] = BatchPool(
+            self._score_batch,
+            workers=p.workers,
+            max_batch_cost=p.max_batch_size,
+            max_wait_ms=p.max_wait_ms,
+            queue_size=p.queue_size,
+            cost=self._cost,
+            worker_init=self._worker_init,
+            stall_after_s=max(2 * p.timeout_s, 5.0),
+            on_batch=self._metrics.observe_batch,
+        )
+        self.pool.start()
+        if p.warmup:
+            self.warmup()
+
+    @classmethod
+    def from_config(
+        cls,
+        path_or_settings: Settings | str | Path | Mapping[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> Firewall:
+        """Build from a YAML path, a :class:`Settings`, a dict of overrides or the environment."""
+        if kwargs:
+            from .config import load_settings
+
+            if isinstance(path_or_settings, Settings):
+                settings = path_or_settings.model_copy(update=kwargs)
+            else:
+                settings = load_settings(path_or_settings, **kwargs)  # type: ignore[arg-type]
+        else:
+            settings = coerce_settings(path_or_settings)  # type: ignore[arg-type]
+        return cls(settings)
+
+    def _model_settings(self) -> Any:
+        """Model settings with the codebook's layers, pooling and windowing."""
+        meta = self.codebook.metadata.get("model", {})
+        update: dict[str, Any] = {"layers": tuple(self.codebook.layers)}
+        for key in ("pooling", "chat_template", "max_tokens", "window_overlap"):
+            if key in meta:
+                update[key] = meta[key]
+        ms = self.settings.model.model_copy(update=update)
+        # Each pool worker runs its own torch threads; the model itself sets none.
+        return ms.model_copy(update={"threads": None})
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    def _worker_init(self) -> None:
+        import torch
+
+        torch.set_num_threads(self.settings.pool.threads_per_worker)
+
+    def warmup(self) -> None:
+        """One forward pass per worker before serving (installs lazy hooks, fills caches)."""
+        futures = [self.pool.submit("warm-up") for _ in range(self.settings.pool.workers)]
+        concurrent.futures.wait(futures, timeout=self.settings.pool.timeout_s * 4)
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Stop accepting work, finish or fail what is in flight. Idempotent."""
+        self._closed = True
+        self.pool.close(timeout)
+
+    def __enter__(self) -> Firewall:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    async def __aenter__(self) -> Firewall:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await asyncio.get_running_loop().run_in_executor(None, self.close)
+
+    # -- the batch function the pool runs ------------------------------------------------------
+    def _cost(self, text: str) -> int:
+        # Windows a text will need, estimated from characters (≈4 per token).
+        return 1 + len(text) // (4 * self.model.settings.max_tokens)
+
+    def _score_batch(self, texts: list[str]) -> list[Scores | BaseException]:
+        limit = self.settings.detection.max_input_tokens
+        ids = self.model.tokenize(texts)
+        out: list[Scores | BaseException | None] = [None] * len(texts)
+        keep = []
+        for i, x in enumerate(ids):
+            if len(x) > limit:
+                out[i] = InputTooLargeError(
+                    f"a message has {len(x)} tokens, above detection.max_input_tokens={limit}"
+                )
+            else:
+                keep.append(i)
+        if keep:
+            wins = self.model.windows([ids[i] for i in keep])
+            feats = self.model.encode_token_windows(wins, len(keep))
+            scored = self.scorer.score_features(feats).texts
+            for i, sc in zip(keep, scored, strict=True):
+                out[i] = sc
+        return out  # type: ignore[return-value]
+
+    # -- screening -----------------------------------------------------------------------------
+    def _prepare(
+        self, data: ScreenInput, policy: PolicySettings
+    ) -> tuple[list[_Item], list[str], dict[int, Scores], list[tuple[int, str, str]]]:
+        if self._closed:
+            raise FirewallClosedError("the firewall is closed; create a new one")
+        texts, ignored = extract_texts(data, policy.roles)
+        limit = self.settings.detection.max_input_tokens
+        total_chars = sum(len(t) for _, t in texts)
+        if total_chars > limit * 32:
+            raise InputTooLargeError(
+                f"request has {total_chars} characters to screen, far above "
+                f"detection.max_input_tokens={limit}"
+            )
+        items = [
+            _Item(i, normalize(t) if self.settings.detection.normalize else t) for i, t in texts
+        ]
+        cached: dict[int, Scores] = {}
+        todo: list[tuple[int, str, str]] = []
+        for n, it in enumerate(items):
+            key = self._cache_key(it.text)
+            hit = self._cache_get(key)
+            if hit is not None:
+                cached[n] = hit
+            else:
+                todo.append((n, it.text, key))
+        return items, ignored, cached, todo
+
+    def _cache_key(self, text: str) -> str:
+        h = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16)
+        return f"{self.codebook.id}:{h.hexdigest()}"
+
+    def _cache_get(self, key: str) -> Scores | None:
+        if self.settings.pool.cache_size <= 0:
+            return None
+        with self._cache_lock:
+            hit = self._cache.get(key)
+            if hit is not None:
+                self._cache.move_to_end(key)
+                self._cache_hits += 1
+            return hit
+
+    def _cache_put(self, key: str, scores: Scores) -> None:
+        size = self.settings.pool.cache_size
+        if size <= 0:
+            return
+        with self._cache_lock:
+            self._cache[key] = scores
+            self._cache.move_to_end(key)
+            while len(self._cache) > size:
+                self._cache.popitem(last=False)
+
+    @property
+    def cache_hits(self) -> int:
+        return self._cache_hits
+
+    def _submit_all(
+        self, todo: list[tuple[int, str, str]]
+    ) -> list[concurrent.futures.Future[Scores]]:
+        futures = []
+        try:
+            for _, text, _ in todo:
+                futures.append(self.pool.submit(text))
+        except BaseException:
+            for f in futures:
+                f.cancel()
+            raise
+        return futures
+
+    def screen(
+        self, data: ScreenInput, *, policy: str | None = None, timeout: float | None = None
+    ) -> Verdict:
+        """Screen a text or chat messages and return a :class:`Verdict`.
+
+        Bad input raises :class:`BadInputError`; internal failures become the policy's
+        fail-mode verdict (never silent, recorded in ``Verdict.error``).
+        """
+        t0 = time.perf_counter()
+        name, pol = self._policy(policy)
+        items, ignored, cached, todo = self._prepare(data, pol)
+        timeout = timeout or self.settings.pool.timeout_s
+        try:
+            futures = self._submit_all(todo)
+            deadline = t0 + timeout
+            results = []
+            for f in futures:
+                try:
+                    results.append(f.result(timeout=max(0.0, deadline - time.perf_counter())))
+                except concurrent.futures.TimeoutError:
+                    for g in futures:
+                        g.cancel()
+                    raise ScreenTimeoutError(f"screening took longer than {timeout:.1f}s") from None
+        except (BadInputError, FirewallClosedError):
+            raise
+        except OverloadError as exc:
+            return self._on_overload(exc, name, pol, t0)
+        except Exception as exc:
+            return self._failure(exc, name, pol, t0)
+        return self._verdict(items, ignored, cached, todo, results, name, pol, t0)
+
+    async def ascreen(
+        self, data: ScreenInput, *, policy: str | None = None, timeout: float | None = None
+    ) -> Verdict:
+        """Async :meth:`screen`: waits without blocking the event loop."""
+        t0 = time.perf_counter()
+        name, pol = self._policy(policy)
+        items, ignored, cached, todo = self._prepare(data, pol)
+        timeout = timeout or self.settings.pool.timeout_s
+        futures: list[concurrent.futures.Future[Scores]] = []
+        try:
+            futures = self._submit_all(todo)
+            if futures:
+                results = await asyncio.wait_for(
+                    asyncio.gather(*(asyncio.wrap_future(f) for f in futures)), timeout
+                )
+            else:
+                results = []
+        except (BadInputError, FirewallClosedError):
+            raise
+        except OverloadError as exc:
+            return self._on_overload(exc, name, pol, t0)
+        except (asyncio.TimeoutError, TimeoutError):
+            for f in futures:
+                f.cancel()
+            exc2 = ScreenTimeoutError(f"screening took longer than {timeout:.1f}s")
+            return self._failure(exc2, name, pol, t0)
+        except asyncio.CancelledError:
+            for f in futures:
+                f.cancel()
+            raise
+        except Exception as exc:
+            return self._failure(exc, name, pol, t0)
+        return self._verdict(items, ignored, cached, todo, list(results), name, pol, t0)
+
+    def screen_many(
+        self, inputs: Sequence[ScreenInput], *, policy: str | None = None
+    ) -> list[Verdict]:
+        """Screen many inputs at once (they share micro-batches). Order is kept."""
+
+        async def run() -> list[Verdict]:
+            return list(await asyncio.gather(*(self.ascreen(x, policy=policy) for x in inputs)))
+
+        return asyncio.run(run())
+
+    def screen_many_safe(
+        self,
+        inputs: Sequence[ScreenInput],
+        *,
+        policy: str | None = None,
+        progress: bool = False,
+    ) -> list[Verdict | BaseException]:
+        """Like :meth:`screen_many`, for batch jobs: bad inputs come back as exceptions in place,
+        and submissions are paced to the queue so a large batch never overloads the pool."""
+        from tqdm import tqdm
+
+        limit = max(1, self.settings.pool.queue_size // 2)
+
+        async def run() -> list[Verdict | BaseException]:
+            sem = asyncio.Semaphore(limit)
+            bar = tqdm(total=len(inputs), unit="msg", disable=not progress, file=sys.stderr)
+
+            async def one(x: ScreenInput) -> Verdict | BaseException:
+                async with sem:
+                    try:
+                        return await self.ascreen(x, policy=policy)
+                    except FirewallError as exc:
+                        return exc
+                    finally:
+                        bar.update(1)
+
+            try:
+                return list(await asyncio.gather(*(one(x) for x in inputs)))
+            finally:
+                bar.close()
+
+        return asyncio.run(run())
+
+    # -- verdicts ------------------------------------------------------------------------------
+    def _policy(self, name: str | None) -> tuple[str, PolicySettings]:
+        key = name or self.settings.default_policy
+        return key, self.settings.policy(key)
+
+    def thresholds(self, policy: PolicySettings) -> dict[str, float]:
+        t = dict(self.codebook.thresholds)
+        t.update(policy.thresholds)
+        return t
+
+    def _verdict(
+        self,
+        items: list[_Item],
+        ignored: list[str],
+        cached: dict[int, Scores],
+        todo: list[tuple[int, str, str]],
+        results: Sequence[Scores],
+        name: str,
+        pol: PolicySettings,
+        t0: float,
+    ) -> Verdict:
+        per_item: dict[int, Scores] = dict(cached)
+        for (n, _, key), sc in zip(todo, results, strict=True):
+            per_item[n] = sc
+            self._cache_put(key, sc)
+        thresholds = self.thresholds(pol)
+        signals = {s: 0.0 for s in self.codebook.signals}
+        best_score, best_signal, best_item = 0.0, None, None
+        for n, sc in per_item.items():
+            for s, v in sc.signals.items():
+                signals[s] = max(signals.get(s, 0.0), v)
+            score, sig = sc.composite(pol.signals)
+            if sig is not None and (best_item is None or score > best_score):
+                best_score, best_signal, best_item = score, sig, n
+        level = level_for(best_score, thresholds)
+        action = pol.actions[level]
+        if pol.monitor and action == "block":
+            action = "flag"
+        window = None
+        message_index = None
+        if best_item is not None:
+            message_index = items[best_item].message_index
+            if best_signal is not None:
+                window = per_item[best_item].evidence[best_signal].to_dict()
+        verdict = Verdict(
+            action=action,
+            level=level,
+            score=float(best_score),
+            signals=signals,
+            signal=best_signal if level != "clear" else None,
+            message_index=message_index,
+            window=window,
+            codebook_id=self.codebook.id,
+            policy=name,
+            thresholds=thresholds,
+            screened_messages=len(items),
+            cached_messages=len(cached),
+            ignored=ignored,
+            latency_ms=(time.perf_counter() - t0) * 1000.0,
+        )
+        self._record(verdict)
+        return verdict
+
+    def _failure(self, exc: BaseException, name: str, pol: PolicySettings, t0: float) -> Verdict:
+        code = exc.code if isinstance(exc, FirewallError) else "internal_error"
+        closed = pol.fail_mode == "closed"
+        verdict = Verdict(
+            action="block" if closed and not pol.monitor else "flag",
+            level="critical" if closed else "notice",
+            score=1.0 if closed else 0.0,
+            signals={},
+            codebook_id=self.codebook.id,
+            policy=name,
+            thresholds=self.thresholds(pol),
+            latency_ms=(time.perf_counter() - t0) * 1000.0,
+            error=f"{exc.__class__.__name__}: {exc}",
+            error_code=code,
+        )
+        log.error(
+            "screening failed (%s); fail_mode=%s gives action=%s",
+            code,
+            pol.fail_mode,
+            verdict.action,
+            extra={"error_code": code, "policy": name},
+        )
+        self._metrics.errors.labels(code=code).inc()
+        self._record(verdict)
+        return verdict
+
+    def _on_overload(
+        self, exc: OverloadError, name: str, pol: PolicySettings, t0: float
+    ) -> Verdict:
+        self._metrics.errors.labels(code=exc.code).inc()
+        if pol.overload == "fail_mode":
+            return self._failure(exc, name, pol, t0)
+        raise exc
+
+    def _record(self, v: Verdict) -> None:
+        m = self._metrics
+        m.verdicts.labels(action=v.action, level=v.level, signal=v.signal or "none").inc()
+        m.latency.observe(v.latency_ms / 1000.0)
+        m.queue_depth.set(self.pool.queue_depth())
+        if log.isEnabledFor(logging.INFO):
+            log.info(
+                "verdict",
+                extra={
+                    "action": v.action,
+                    "level": v.level,
+                    "score": round(v.score, 4),
+                    "signal": v.signal,
+                    "policy": v.policy,
+                    "latency_ms": round(v.latency_ms, 2),
+                },
+            )
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "model": self.model.describe(),
+            "codebook": self.codebook.info(),
+            "levels": list(LEVELS),
+            "policies": sorted(self.settings.policies),
+        }

@@ -1,0 +1,227 @@
+"""Codebook + activations → calibrated per-signal scores, composed and explained.
+
+Every signal score lives on one scale: ``score = -log10(p) / 4`` clipped to [0, 1], where ``p``
+is the probability that a benign text scores at least this high (from the codebook's spline
+distributions). So 0.5 means "1 in 100 benign texts look this suspicious", 0.75 "1 in 1,000".
+The message score is the maximum over the enabled signals; long texts are scored per window and
+the worst window counts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .codebook import Codebook, surprise
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """Where a signal's score came from."""
+
+    signal: str
+    score: float
+    window: int
+    token_start: int
+    n_tokens: int
+    layer: int
+    #: Basis components that contributed most (index, contribution) on ``layer``.
+    components: tuple[tuple[int, float], ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "signal": self.signal,
+            "score": round(self.score, 6),
+            "window": self.window,
+            "token_start": self.token_start,
+            "n_tokens": self.n_tokens,
+            "layer": self.layer,
+            "components": [[i, round(c, 4)] for i, c in self.components],
+        }
+
+
+@dataclass(frozen=True)
+class Scores:
+    """Scores of one text."""
+
+    signals: dict[str, float]
+    evidence: dict[str, Evidence]
+    n_windows: int
+    n_tokens: int
+
+    def composite(self, enabled: Iterable[str] | None = None) -> tuple[float, str | None]:
+        """Max score over the enabled signals and the signal that gave it."""
+        names = [s for s in (enabled or self.signals) if s in self.signals]
+        if not names:
+            return 0.0, None
+        best = max(names, key=lambda s: self.signals[s])
+        return self.signals[best], best
+
+
+@dataclass
+class ScoredBatch:
+    texts: list[Scores]
+    composite: np.ndarray = field(default_factory=lambda: np.zeros(0))
+
+
+class Scorer:
+    """Applies a codebook to window features."""
+
+    def __init__(self, codebook: Codebook, *, calibrated: bool = True) -> None:
+        self.codebook = codebook
+        self.calibrated = calibrated
+        cb = codebook
+        self._layers = cb.layers
+        self._offsets = np.cumsum([0] + [cb.layer_stats[x].mean.shape[0] for x in cb.layers])
+        if cb.heads:
+            self._W = np.stack([h.weight for h in cb.heads.values()], axis=1).astype(np.float32)
+            self._b = np.array([h.bias for h in cb.heads.values()], dtype=np.float64)
+        self._names = list(cb.heads)
+        from scipy.stats import chi2
+
+        self._chi2 = chi2
+
+    # -- raw statistics ------------------------------------------------------------------------
+    def _concat(self, feats: Any) -> np.ndarray:
+        return np.concatenate([feats.features[x] for x in self._layers], axis=1)
+
+    def raw_window_statistics(self, feats: Any) -> dict[str, np.ndarray]:
+        """Per window: each head's logit, and the anomaly statistic ``-log10 p``."""
+        missing = [x for x in self._layers if x not in feats.features]
+        if missing:
+            raise ValueError(f"features lack codebook layers {missing}")
+        out: dict[str, np.ndarray] = {}
+        if self._names:
+            logits = self._concat(feats).astype(np.float32) @ self._W + self._b
+            for j, name in enumerate(self._names):
+                out[name] = logits[:, j].astype(np.float64)
+        out["anomaly"] = self._anomaly(feats)[0]
+        return out
+
+    def _anomaly(self, feats: Any) -> tuple[np.ndarray, dict[int, np.ndarray]]:
+        cb = self.codebook
+        p_min = None
+        comp_p: dict[int, np.ndarray] = {}
+        for layer in self._layers:
+            st = cb.layer_stats[layer]
+            C = feats.features[layer].astype(np.float64) - st.mean
+            proj = C @ st.basis.T.astype(np.float64)
+            z = proj / st.singular
+            k = z.shape[1]
+            pc = np.stack(
+                [cb.spline(f"component.{layer}.{i}").two_sided(z[:, i]) for i in range(k)], axis=1
+            )
+            comp_p[layer] = pc
+            fisher = -2.0 * np.log(pc).sum(1)
+            p_f = self._chi2.sf(fisher, 2 * k)
+            resid = np.maximum((C * C).sum(1) - (proj * proj).sum(1), 0.0) / C.shape[1]
+            p_r = cb.spline(f"residual.{layer}").sf(resid)
+            p = np.minimum(1.0, 2.0 * np.minimum(p_f, p_r))
+            p_min = p if p_min is None else np.minimum(p_min, p)
+        assert p_min is not None
+        p_all = np.clip(p_min * len(self._layers), 1e-300, 1.0)
+        return -np.log10(p_all), comp_p
+
+    def raw_text_statistics(self, feats: Any) -> dict[str, np.ndarray]:
+        """Per text: the worst window's raw statistic."""
+        raw = self.raw_window_statistics(feats)
+        return {k: _max_per_text(v, feats.text_index, feats.n_texts)[0] for k, v in raw.items()}
+
+    # -- calibrated scores ---------------------------------------------------------------------
+    def score_features(self, feats: Any) -> ScoredBatch:
+        cb = self.codebook
+        raw = self.raw_window_statistics(feats)
+        per_window: dict[str, np.ndarray] = {}
+        for name, values in raw.items():
+            key = "anomaly" if name == "anomaly" else f"signal.{name}"
+            per_window[name] = surprise(cb.spline(key).sf(values)) if self.calibrated else values
+        best = {
+            name: _max_per_text(v, feats.text_index, feats.n_texts)
+            for name, v in per_window.items()
+        }
+        n_windows = np.bincount(feats.text_index, minlength=feats.n_texts)
+        tokens = np.zeros(feats.n_texts, dtype=np.int64)
+        np.maximum.at(tokens, feats.text_index, feats.token_start + feats.n_tokens)
+        texts: list[Scores] = []
+        comp = np.zeros(feats.n_texts)
+        for t in range(feats.n_texts):
+            signals = {name: float(best[name][0][t]) for name in per_window}
+            evidence = {
+                name: self._evidence(feats, name, int(best[name][1][t]), signals[name])
+                for name in per_window
+            }
+            texts.append(Scores(signals, evidence, int(n_windows[t]), int(tokens[t])))
+            comp[t] = max(signals.values()) if signals else 0.0
+        return ScoredBatch(texts=texts, composite=comp)
+
+    def _evidence(self, feats: Any, name: str, j: int, score: float) -> Evidence:
+        cb = self.codebook
+        layer = self._layers[0]
+        comps: tuple[tuple[int, float], ...] = ()
+        if j >= 0:
+            if name == "anomaly":
+                # The layer and components with the smallest benign tail probabilities.
+                best_layer, best_p, best_idx = layer, 2.0, np.zeros(0, dtype=int)
+                for x in self._layers:
+                    st = cb.layer_stats[x]
+                    z = ((feats.features[x][j] - st.mean) @ st.basis.T) / st.singular
+                    p = np.array(
+                        [
+                            cb.spline(f"component.{x}.{i}").two_sided(np.array([z[i]]))[0]
+                            for i in range(len(z))
+                        ]
+                    )
+                    if p.min() < best_p:
+                        best_layer, best_p, best_idx = x, float(p.min()), np.argsort(p)[:3]
+                        zz = z
+                layer = best_layer
+                if len(best_idx):
+                    comps = tuple((int(i), float(zz[i])) for i in best_idx)
+            else:
+                # Contribution of each basis component to the head's logit.
+                h = cb.heads[name]
+                best_sum = -np.inf
+                for li, x in enumerate(self._layers):
+                    st = cb.layer_stats[x]
+                    w = h.weight[self._offsets[li] : self._offsets[li + 1]]
+                    proj = (feats.features[x][j] - st.mean) @ st.basis.T
+                    contrib = (st.basis @ w) * proj
+                    if contrib.sum() > best_sum:
+                        best_sum = float(contrib.sum())
+                        layer = x
+                        top = np.argsort(-contrib)[:3]
+                        comps = tuple((int(i), float(contrib[i])) for i in top)
+        return Evidence(
+            signal=name,
+            score=score,
+            window=int(feats.window_index[j]) if j >= 0 else 0,
+            token_start=int(feats.token_start[j]) if j >= 0 else 0,
+            n_tokens=int(feats.n_tokens[j]) if j >= 0 else 0,
+            layer=int(layer),
+            components=comps,
+        )
+
+
+def _max_per_text(
+    values: np.ndarray, text_index: np.ndarray, n: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Max of ``values`` per text and the window (row) that reached it (-1 for no window)."""
+    best = np.full(n, -np.inf)
+    arg = np.full(n, -1, dtype=np.int64)
+    for j in np.argsort(values, kind="stable"):
+        best[text_index[j]] = values[j]
+        arg[text_index[j]] = j
+    best[arg < 0] = 0.0
+    return best, arg
+
+
+def level_for(score: float, thresholds: dict[str, float]) -> str:
+    """The alarm level a composite score reaches."""
+    for level in ("critical", "warning", "notice"):
+        t = thresholds.get(level)
+        if t is not None and score >= t:
+            return level
+    return "clear"
