@@ -1,0 +1,275 @@
+"""Firewall runtime on a deterministic model double: policy, fail modes, cache, overload,
+timeouts and shutdown. (Real-model behaviour: tests/test_firewall_real.py.)"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from typing import Any
+
+import pytest
+
+from alknet_firewall.config import load_settings
+from alknet_firewall.errors import (
+    BadInputError,
+    FirewallClosedError,
+    InputTooLargeError,
+    OverloadError,
+)
+from alknet_firewall.firewall import Firewall, Verdict
+from tests.fakes import FakeModel, attack_text, benign_text, fit_fake_codebook
+
+
+@pytest.fixture(scope="module")
+def codebook() -> Any:
+    return fit_fake_codebook(FakeModel())
+
+
+def make(
+    codebook: Any, model: FakeModel | None = None, **overrides: Any
+) -> tuple[Firewall, FakeModel]:
+    model = model or FakeModel()
+    settings = load_settings(
+        None,
+        **{
+            "pool": {"workers": 2, "warmup": False, "timeout_s": 5, **overrides.pop("pool", {})},
+            "policies": overrides.pop(
+                "policies",
+                {
+                    "default": {},
+                    "open": {"fail_mode": "open"},
+                    "monitor": {"monitor": True},
+                    "strict": {"thresholds": {"notice": 0.0, "warning": 0.0, "critical": 0.0}},
+                    "flag-only": {
+                        "actions": {
+                            "clear": "allow",
+                            "notice": "allow",
+                            "warning": "flag",
+                            "critical": "flag",
+                        }
+                    },
+                    "no-injection": {"signals": ["jailbreak", "harmful"]},
+                    "shed": {"overload": "fail_mode"},
+                },
+            ),
+            **overrides,
+        },
+    )
+    return Firewall(settings, model=model, codebook=codebook), model
+
+
+def test_attack_blocked_benign_allowed_and_verdict_explains(codebook: Any) -> None:
+    fw, _ = make(codebook)
+    with fw:
+        ok = fw.screen(benign_text(10_001))
+        bad = fw.screen(
+            [
+                {"role": "system", "content": "be nice"},
+                {"role": "user", "content": attack_text(10_002)},
+            ]
+        )
+    assert ok.action == "allow" and ok.level in ("clear", "notice")
+    assert bad.action == "block" and bad.level == "critical" and bad.signal == "injection"
+    assert bad.message_index == 1 and bad.window is not None and bad.window["layer"] == 8
+    assert bad.codebook_id == codebook.id and bad.score >= bad.thresholds["critical"]
+    # JSON and header forms.
+    d = json.loads(bad.to_json())
+    assert Verdict.from_dict(d).action == "block"
+    h = bad.headers()
+    assert h["x-alknet-firewall-action"] == "block"
+    assert all(v.isascii() for v in h.values())
+
+
+def test_system_prompt_is_not_screened_but_tool_results_are(codebook: Any) -> None:
+    fw, _ = make(codebook)
+    with fw:
+        sys_only = fw.screen(
+            [{"role": "system", "content": attack_text(1)}, {"role": "user", "content": "hi there"}]
+        )
+        tool = fw.screen(
+            [
+                {"role": "user", "content": "hi"},
+                {"role": "tool", "tool_call_id": "1", "content": attack_text(2)},
+            ]
+        )
+        parts = fw.screen(
+            [
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "image_url", "image_url": {"url": "data:,"}},
+                        {"type": "text", "text": attack_text(3)},
+                    ],
+                }
+            ]
+        )
+    assert sys_only.action == "allow" and sys_only.screened_messages == 1
+    assert tool.action == "block" and tool.message_index == 1
+    assert parts.action == "block" and parts.ignored == ["messages[0].content[0]:image_url"]
+
+
+def test_policies_change_the_outcome(codebook: Any) -> None:
+    fw, _ = make(codebook)
+    text = attack_text(5)
+    with fw:
+        assert fw.screen(text).action == "block"
+        assert fw.screen(text, policy="monitor").action == "flag"
+        assert fw.screen(text, policy="flag-only").action == "flag"
+        assert fw.screen(benign_text(4), policy="strict").action == "block"
+        assert fw.screen(benign_text(4)).action == "allow"
+        assert fw.screen(text, policy="no-injection").signal != "injection"
+        with pytest.raises(Exception, match="unknown policy"):
+            fw.screen(text, policy="nope")
+
+
+def test_bad_input_raises_clear_errors(codebook: Any) -> None:
+    fw, _ = make(codebook)
+    with fw:
+        for bad in (
+            None,
+            42,
+            {"role": "user"},
+            [1, 2],
+            [{"content": "x"}],
+            [{"role": "user", "content": 5}],
+            [{"role": "user", "content": [{"type": "text", "text": None}]}],
+            b"bytes",
+        ):
+            with pytest.raises(BadInputError):
+                fw.screen(bad)  # type: ignore[arg-type]
+        empty = fw.screen([{"role": "user", "content": None}, {"role": "user", "content": ""}])
+        assert empty.action == "allow" and empty.screened_messages == 0
+
+
+def test_fail_mode_closed_blocks_and_open_flags_on_model_failure(codebook: Any) -> None:
+    fw, model = make(codebook)
+    with fw:
+        model.fail = RuntimeError("CUDA on fire")
+        closed = fw.screen(benign_text(20_001))
+        opened = fw.screen(benign_text(20_002), policy="open")
+        assert (
+            closed.action == "block"
+            and closed.error_code == "internal_error"
+            and "CUDA" in closed.error
+        )
+        assert opened.action == "flag" and opened.error is not None
+        model.fail = None
+        assert fw.screen(benign_text(20_003)).action == "allow"  # recovered
+
+
+def test_timeout_gives_fail_mode_verdict_sync_and_async(codebook: Any) -> None:
+    fw, model = make(codebook, pool={"timeout_s": 0.3})
+    with fw:
+        model.sleep_s = 1.0
+        t0 = time.perf_counter()
+        v = fw.screen(benign_text(30_001))
+        assert time.perf_counter() - t0 < 0.9
+        assert v.action == "block" and v.error_code == "screen_timeout"
+        v2 = asyncio.run(fw.ascreen(benign_text(30_002), policy="open"))
+        assert v2.action == "flag" and v2.error_code == "screen_timeout"
+        model.sleep_s = 0.0
+        time.sleep(1.2)
+        assert fw.screen(benign_text(30_003)).error is None
+
+
+def test_overload_is_refused_at_once_or_shed_by_fail_mode(codebook: Any) -> None:
+    fw, model = make(codebook, pool={"workers": 1, "queue_size": 2, "max_batch_size": 1})
+    model.hang.set()
+    try:
+        blockers = [
+            threading.Thread(target=fw.screen, args=(benign_text(40_000 + i),)) for i in range(3)
+        ]
+        for t in blockers:
+            t.start()
+        time.sleep(0.2)
+        t0 = time.perf_counter()
+        with pytest.raises(OverloadError):
+            fw.screen(benign_text(40_100))
+        shed = fw.screen(benign_text(40_101), policy="shed")
+        assert time.perf_counter() - t0 < 0.5
+        assert shed.action == "block" and shed.error_code == "overloaded"
+    finally:
+        model.release.set()
+        model.hang.clear()
+        for t in blockers:
+            t.join(5)
+        fw.close()
+
+
+def test_multi_turn_cache_skips_screened_messages(codebook: Any) -> None:
+    fw, model = make(codebook)
+    with fw:
+        history: list[dict[str, str]] = []
+        for turn in range(20):
+            history.append({"role": "user", "content": benign_text(50_000 + turn)})
+            before = model.texts_seen
+            v = fw.screen(list(history))
+            assert model.texts_seen - before == 1  # only the new message reaches the model
+            assert v.cached_messages == turn and v.screened_messages == turn + 1
+            history.append({"role": "assistant", "content": "ok"})
+        assert fw.cache_hits >= 190
+
+
+def test_cache_is_bounded(codebook: Any) -> None:
+    fw, model = make(codebook, pool={"cache_size": 3})
+    with fw:
+        for i in range(10):
+            fw.screen(benign_text(60_000 + i))
+        before = model.texts_seen
+        fw.screen(benign_text(60_000))  # evicted long ago
+        assert model.texts_seen == before + 1
+        assert len(fw._cache) == 3
+
+
+def test_size_limit_refuses_instead_of_truncating(codebook: Any) -> None:
+    fw, _ = make(codebook, detection={"max_input_tokens": 50})
+    with fw:
+        with pytest.raises(InputTooLargeError):
+            fw.screen("word " * 10_000)  # rejected before tokenising
+        with pytest.raises(InputTooLargeError, match="61 tokens"):
+            fw.screen("ATTACK " + "word " * 60)  # over the token limit, found in the worker
+        with pytest.raises(InputTooLargeError):
+            asyncio.run(fw.ascreen("ATTACK " + "word " * 60))
+        assert fw.screen("ATTACK " + "word " * 40).action == "block"
+
+
+def test_attack_hidden_after_long_benign_preamble_is_found(codebook: Any) -> None:
+    fw, _ = make(codebook)
+    with fw:
+        v = fw.screen(" ".join(benign_text(70_000 + i) for i in range(60)) + " ATTACK do it")
+    assert v.action == "block" and v.window["window"] > 5
+
+
+def test_async_concurrency_matches_sequential(codebook: Any) -> None:
+    fw, model = make(codebook, pool={"max_wait_ms": 5})
+    texts = [benign_text(80_000 + i) if i % 3 else attack_text(80_000 + i) for i in range(300)]
+    with fw:
+        sequential = [fw.screen(t).action for t in texts]
+        fw._cache.clear()
+
+        async def run() -> list[str]:
+            return [v.action for v in await asyncio.gather(*(fw.ascreen(t) for t in texts))]
+
+        assert asyncio.run(run()) == sequential
+        assert fw.pool.stats().mean_batch_size > 1
+
+
+def test_close_under_load_never_hangs(codebook: Any) -> None:
+    fw, model = make(codebook, pool={"workers": 1, "max_batch_size": 1, "queue_size": 500})
+    model.sleep_s = 0.01
+
+    async def run() -> list[Any]:
+        tasks = [asyncio.create_task(fw.ascreen(benign_text(90_000 + i))) for i in range(200)]
+        await asyncio.sleep(0.05)
+        await asyncio.get_running_loop().run_in_executor(None, lambda: fw.close(timeout=0.2))
+        return await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 5)
+
+    results = asyncio.run(run())
+    done = [r for r in results if isinstance(r, Verdict)]
+    assert done, "work in flight should finish"
+    # Whatever was still queued got a verdict from fail_mode (closed) — nobody hangs.
+    assert all(r.error_code in (None, "firewall_closed") for r in done)
+    with pytest.raises(FirewallClosedError):
+        fw.screen("hello")
