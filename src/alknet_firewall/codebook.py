@@ -309,6 +309,7 @@ class Codebook:
         save_file(
             self.tensors(), str(tmp), metadata={METADATA_KEY: json.dumps(meta, sort_keys=True)}
         )
+        tmp.chmod(0o644)
         tmp.replace(path)
         return path
 
