@@ -355,8 +355,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_serve(sub: Any) -> None:
+    # The gateway module is light (starlette, httpx and uvicorn load when 'serve' runs).
+    from .integrations.gateway import add_serve_command
+
+    add_serve_command(sub)
+
+
 #: Sub-command registrars added by other modules (detection, serving) without circular imports.
-_EXTENSIONS: list[Callable[[Any], None]] = [_add_detection]
+_EXTENSIONS: list[Callable[[Any], None]] = [_add_detection, _add_serve]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

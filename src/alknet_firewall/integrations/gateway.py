@@ -1,0 +1,381 @@
+"""OpenAI-compatible screening gateway: screen first, then forward to the upstream API.
+
+``alknet-firewall serve --upstream https://api.openai.com/v1`` runs :func:`create_app` on
+uvicorn (``127.0.0.1:8080`` by default). Point any OpenAI client at ``http://HOST:PORT/v1``.
+
+* ``POST /v1/chat/completions``, ``/v1/completions``, ``/v1/responses``: screened by
+  :class:`~alknet_firewall.integrations.asgi.FirewallMiddleware`, then forwarded byte for byte
+  (``stream: true`` comes back as server-sent events, chunk by chunk, unbuffered);
+* ``GET /v1/models`` (and ``/v1/models/{id}``): forwarded;
+* ``GET /healthz``: ``{"status", "codebook", "queue_depth"}``;
+* ``GET /metrics``: Prometheus text format.
+
+The client's ``Authorization`` header is forwarded, or replaced by ``server.upstream_api_key``.
+Upstream HTTP errors come back as they are (status, headers, body); an unreachable upstream is
+a 502 and a timeout a 504, as OpenAI-style errors.
+
+Importing this module loads no web framework (the CLI imports it to register ``serve``);
+starlette, httpx and uvicorn load in :func:`create_app` and :func:`cmd_serve`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import sys
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote, urlsplit
+
+from ..errors import ConfigurationError
+from . import openai_errors
+from .asgi import STATE_FIREWALL, FirewallMiddleware, PolicyResolver
+
+if TYPE_CHECKING:  # pragma: no cover
+    import httpx
+    from starlette.applications import Starlette
+
+    from ..config import Settings
+    from ..firewall import Firewall
+
+log = logging.getLogger("alknet_firewall.gateway")
+
+#: Lifespan-state key of the shared ``httpx.AsyncClient``.
+STATE_HTTP = "alknet_firewall_http"
+#: Screened endpoints, relative to ``/v1``.
+SCREENED = ("/chat/completions", "/completions", "/responses")
+
+#: Hop-by-hop headers (RFC 9110 §7.6.1) and those the proxy sets itself.
+_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+_DROP_REQUEST = _HOP | {"host", "content-length", "expect", "accept-encoding"}
+#: ``date`` and ``server`` are added by uvicorn; forwarding them would duplicate them.
+_DROP_RESPONSE = _HOP | {"date", "server"}
+
+
+def check_upstream(url: str | None) -> str:
+    """The upstream base URL without a trailing slash; :class:`ConfigurationError` if unusable."""
+    if not url:
+        raise ConfigurationError(
+            "no upstream: pass --upstream BASE_URL (e.g. https://api.openai.com/v1) or set "
+            "server.upstream"
+        )
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigurationError(
+            f"upstream {url!r} must be an http(s) URL with a host, e.g. https://api.openai.com/v1"
+        )
+    if parts.query or parts.fragment:
+        raise ConfigurationError(f"upstream {url!r} must not carry a query or fragment")
+    return url.rstrip("/")
+
+
+# --------------------------------------------------------------------------------------------
+# Gateway metrics (process-wide, created on first use)
+# --------------------------------------------------------------------------------------------
+_METRICS_LOCK = threading.Lock()
+_METRICS: tuple[Any, Any] | None = None
+
+
+def _metrics() -> tuple[Any, Any]:
+    global _METRICS
+    with _METRICS_LOCK:
+        if _METRICS is None:
+            from prometheus_client import Counter, Histogram
+
+            _METRICS = (
+                Counter(
+                    "alknet_firewall_upstream_requests_total",
+                    "Requests forwarded upstream, by outcome (status class, unreachable, timeout)",
+                    ["outcome"],
+                ),
+                Histogram(
+                    "alknet_firewall_upstream_seconds",
+                    "Time until the upstream's response headers",
+                    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+                ),
+            )
+        return _METRICS
+
+
+# --------------------------------------------------------------------------------------------
+# The app
+# --------------------------------------------------------------------------------------------
+def create_app(
+    settings: Settings | None = None,
+    firewall: Firewall | None = None,
+    *,
+    http_client: httpx.AsyncClient | None = None,
+    policy: str | PolicyResolver | None = None,
+    policy_header: str | None = None,
+) -> Starlette:
+    """The gateway as a Starlette app.
+
+    :param settings: uses ``settings.server`` (upstream, key, timeout, body limit, block status)
+        and, when ``firewall`` is None, builds the firewall from them at start-up.
+    :param firewall: a firewall to share; not closed by the app. Otherwise the lifespan builds
+        one and closes it on shutdown.
+    :param http_client: an ``httpx.AsyncClient`` to share; otherwise one is built and closed.
+    :param policy, policy_header: per-request policy choice, as in
+        :class:`~alknet_firewall.integrations.asgi.FirewallMiddleware`.
+    """
+    import anyio
+    import httpx
+    from starlette.applications import Starlette
+    from starlette.middleware import Middleware
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse, Response, StreamingResponse
+    from starlette.routing import Route
+
+    from ..config import coerce_settings
+
+    settings = coerce_settings(settings)
+    server = settings.server
+    upstream = check_upstream(server.upstream)
+    api_key = server.upstream_api_key
+    timeout_s = server.upstream_timeout_s
+    drop_request = set(_DROP_REQUEST)
+    if policy_header:
+        drop_request.add(policy_header.lower())
+    if api_key:
+        drop_request.add("authorization")
+    requests_total, upstream_seconds = _metrics()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
+        fw = firewall
+        if fw is None:
+            from ..firewall import Firewall
+
+            fw = await anyio.to_thread.run_sync(Firewall, settings)
+        client = http_client or httpx.AsyncClient(
+            timeout=httpx.Timeout(timeout_s),
+            limits=httpx.Limits(max_connections=256, max_keepalive_connections=64),
+            follow_redirects=False,
+        )
+        try:
+            yield {STATE_FIREWALL: fw, STATE_HTTP: client}
+        finally:
+            with anyio.CancelScope(shield=True):
+                if http_client is None:
+                    await client.aclose()
+                if firewall is None:
+                    await anyio.to_thread.run_sync(fw.close)
+
+    class UpstreamResponse(StreamingResponse):
+        """The upstream's response, streamed as raw bytes; closes the upstream stream when the
+        response ends for any reason (finished, client disconnected, server shutting down)."""
+
+        def __init__(self, resp: httpx.Response) -> None:
+            super().__init__(_raw(resp), status_code=resp.status_code)
+            self.raw_headers = [
+                (k.lower(), v)
+                for k, v in resp.headers.raw
+                if k.lower().decode() not in _DROP_RESPONSE
+            ]
+            self.upstream = resp
+
+        async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+            try:
+                await super().__call__(scope, receive, send)
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await self.upstream.aclose()
+
+    async def _raw(resp: httpx.Response) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in resp.aiter_raw():
+                yield chunk
+        except httpx.HTTPError as exc:
+            # Headers are out; the only honest signal left is an aborted response.
+            log.warning("upstream failed mid-response (%s): %s", type(exc).__name__, exc)
+            raise
+
+    def _error(reply: openai_errors.ErrorReply) -> Response:
+        return Response(reply.content(), reply.status, reply.headers, "application/json")
+
+    def proxy(suffix: str | None = None) -> Callable[[Request], Any]:
+        async def endpoint(request: Request) -> Response:
+            client: httpx.AsyncClient = getattr(request.state, STATE_HTTP)
+            if suffix is not None:
+                path = suffix
+            else:  # /models/{id}: re-quote the decoded id (fine-tuned ids hold ':')
+                path = "/models/" + quote(request.path_params["model"], safe="/:@")
+            url = upstream + path
+            query = request.scope.get("query_string", b"")
+            if query:
+                url += "?" + query.decode("latin-1")
+            headers = [
+                (k, v) for k, v in request.headers.raw if k.decode("latin-1") not in drop_request
+            ]
+            # Raw bytes go back as they come: ask only for what the client accepts.
+            encoding = request.headers.get("accept-encoding", "identity")
+            headers.append((b"accept-encoding", encoding.encode("latin-1")))
+            if api_key:
+                headers.append((b"authorization", f"Bearer {api_key}".encode("latin-1")))
+            body = await request.body()
+            req = client.build_request(
+                request.method, url, headers=headers, content=body if body else None
+            )
+            t0 = time.perf_counter()
+            try:
+                resp = await client.send(req, stream=True)
+            except httpx.TimeoutException:
+                log.warning("upstream timeout after %.1fs: %s %s", timeout_s, request.method, path)
+                requests_total.labels(outcome="timeout").inc()
+                return _error(openai_errors.upstream_timeout(timeout_s))
+            except httpx.HTTPError as exc:
+                log.warning("upstream unreachable (%s): %s", type(exc).__name__, exc)
+                requests_total.labels(outcome="unreachable").inc()
+                return _error(openai_errors.upstream_unreachable(type(exc).__name__))
+            upstream_seconds.observe(time.perf_counter() - t0)
+            requests_total.labels(outcome=f"{resp.status_code // 100}xx").inc()
+            return UpstreamResponse(resp)
+
+        return endpoint
+
+    async def healthz(request: Request) -> Response:
+        fw = getattr(request.state, STATE_FIREWALL)
+        closed = bool(getattr(fw, "_closed", False))
+        codebook = getattr(getattr(fw, "codebook", None), "id", None)
+        pool = getattr(fw, "pool", None)
+        depth = pool.queue_depth() if pool is not None else 0
+        return JSONResponse(
+            {"status": "closed" if closed else "ok", "codebook": codebook, "queue_depth": depth},
+            status_code=503 if closed else 200,
+        )
+
+    async def metrics(request: Request) -> Response:
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        from .. import metrics as fw_metrics
+
+        pool = getattr(getattr(request.state, STATE_FIREWALL), "pool", None)
+        if pool is not None:
+            fw_metrics.get().queue_depth.set(pool.queue_depth())
+        return Response(generate_latest(), headers={"content-type": CONTENT_TYPE_LATEST})
+
+    routes = [Route("/v1" + s, proxy(s), methods=["POST"]) for s in SCREENED]
+    routes += [
+        Route("/v1/models", proxy("/models"), methods=["GET"]),
+        Route("/v1/models/{model:path}", proxy(None), methods=["GET"]),
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
+    ]
+    middleware = [
+        Middleware(
+            FirewallMiddleware,  # type: ignore[arg-type]
+            firewall=firewall,  # None: the lifespan's, from scope["state"]
+            paths=["/v1" + s for s in SCREENED],
+            policy=policy,
+            policy_header=policy_header,
+            block_status=server.block_status,
+            max_body_bytes=server.max_body_bytes,
+            on_invalid_json="reject",
+            # The upstream may parse any body as JSON: never forward one unscreened.
+            on_non_json="reject",
+        )
+    ]
+    return Starlette(routes=routes, middleware=middleware, lifespan=lifespan)
+
+
+# --------------------------------------------------------------------------------------------
+# ``alknet-firewall serve``
+# --------------------------------------------------------------------------------------------
+def _port(value: str) -> int:
+    port = int(value)
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"port {port} is not in 0..65535")
+    return port
+
+
+def add_serve_command(sub: Any) -> None:
+    """Register ``serve`` on the CLI's sub-parsers (imports nothing heavy)."""
+    p = sub.add_parser(
+        "serve",
+        help="run the OpenAI-compatible screening gateway",
+        description="Screen OpenAI API requests, then forward them to --upstream.",
+    )
+    p.add_argument(
+        "--upstream",
+        default=None,
+        help="upstream base URL as the openai client takes it, e.g. https://api.openai.com/v1 "
+        "(default: server.upstream)",
+    )
+    p.add_argument("--host", default=None, help="bind address (default: server.host, 127.0.0.1)")
+    p.add_argument("--port", type=_port, default=None, help="port (default: server.port, 8080)")
+    # SUPPRESS: without --config here, the top-level --config (before 'serve') stays in effect.
+    p.add_argument("--config", default=argparse.SUPPRESS, help="YAML settings file")
+    p.add_argument("--codebook", default=None, help="codebook file (default: configured)")
+    p.add_argument(
+        "--log-level",
+        default="info",
+        choices=["critical", "error", "warning", "info", "debug"],
+        help="uvicorn log level",
+    )
+    p.set_defaults(func=cmd_serve)
+
+
+def _serve_settings(args: argparse.Namespace) -> Settings:
+    from pathlib import Path
+
+    from ..config import load_settings
+
+    settings = load_settings(getattr(args, "config", None))
+    server = {
+        k: getattr(args, k)
+        for k in ("upstream", "host", "port")
+        if getattr(args, k, None) is not None
+    }
+    update: dict[str, Any] = {"server": settings.server.model_copy(update=server)}
+    if getattr(args, "codebook", None):
+        update["detection"] = settings.detection.model_copy(
+            update={"codebook": Path(args.codebook)}
+        )
+    settings = settings.model_copy(update=update)
+    check_upstream(settings.server.upstream)
+    return settings
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from ..errors import require
+
+    for module in ("starlette", "uvicorn", "httpx"):
+        require(module, "server")
+    import uvicorn
+
+    from ..firewall import Firewall
+
+    settings = _serve_settings(args)
+    s = settings.server
+    # Built before serving so that a bad model or codebook fails here, with a clear message.
+    with Firewall(settings) as fw:
+        app = create_app(settings, fw)
+        sys.stderr.write(
+            f"alknet-firewall gateway on http://{s.host}:{s.port}/v1 -> {s.upstream} "
+            f"(codebook {fw.codebook.id}, policy {settings.default_policy!r})\n"
+        )
+        sys.stderr.flush()
+        uvicorn.run(
+            app,
+            host=s.host,
+            port=s.port,
+            log_level=args.log_level,
+            lifespan="on",
+            timeout_graceful_shutdown=10,
+        )
+    return 0

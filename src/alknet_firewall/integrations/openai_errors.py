@@ -1,0 +1,226 @@
+"""OpenAI-style error bodies and HTTP statuses, shared by every HTTP integration.
+
+The body has the shape OpenAI clients parse (``openai.APIStatusError.body``)::
+
+    {"error": {"message": "...", "type": "...", "code": "...", "param": null,
+               "verdict": {...}}}        # "verdict" only when the firewall produced one
+
+Statuses:
+
+=====================================  ======  ===========================================
+what                                   status  code
+=====================================  ======  ===========================================
+verdict ``block``                      400*    ``content_filter`` (*``block_status``)
+fail-closed verdict (screening error)  503     the verdict's ``error_code``
+:class:`BadInputError`                 400     ``bad_input``
+:class:`InputTooLargeError`, big body  413     ``input_too_large`` / ``request_too_large``
+:class:`OverloadError`                 429     ``overloaded`` (with ``Retry-After``)
+:class:`FirewallClosedError`           503     ``firewall_closed``
+invalid JSON body                      400     ``invalid_json``
+upstream unreachable / refused         502     ``upstream_unreachable``
+upstream timeout                       504     ``upstream_timeout``
+=====================================  ======  ===========================================
+
+Nothing here imports a web framework: an :class:`ErrorReply` is sent over raw ASGI
+(:meth:`ErrorReply.send`) or turned into any framework's response from ``status``,
+:meth:`ErrorReply.content` and ``headers``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from ..errors import (
+    BadInputError,
+    FirewallClosedError,
+    FirewallError,
+    OverloadError,
+    ScreenTimeoutError,
+)
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..firewall import Verdict
+
+ASGISend = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+
+#: ``type`` field by status class, as OpenAI uses them.
+INVALID_REQUEST = "invalid_request_error"
+RATE_LIMIT = "rate_limit_error"
+SERVER_ERROR = "server_error"
+#: ``code`` of a blocked request (the code Azure OpenAI's content filter uses).
+BLOCKED_CODE = "content_filter"
+
+
+@dataclass(frozen=True)
+class ErrorReply:
+    """One OpenAI-style error response: status, JSON body and extra headers."""
+
+    status: int
+    body: dict[str, Any]
+    headers: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def code(self) -> str | None:
+        return self.body["error"].get("code")
+
+    def content(self) -> bytes:
+        return json.dumps(self.body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+    def raw_headers(self, content: bytes) -> list[tuple[bytes, bytes]]:
+        raw = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(content)).encode("ascii")),
+        ]
+        raw.extend(
+            (k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in self.headers.items()
+        )
+        return raw
+
+    async def send(self, send: ASGISend) -> None:
+        """Send this error as a complete ASGI HTTP response."""
+        content = self.content()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": self.status,
+                "headers": self.raw_headers(content),
+            }
+        )
+        await send({"type": "http.response.body", "body": content, "more_body": False})
+
+
+def error_body(
+    message: str,
+    *,
+    type: str,
+    code: str | None,
+    param: str | None = None,
+    verdict: Verdict | None = None,
+) -> dict[str, Any]:
+    """``{"error": {...}}`` as OpenAI returns it, with the verdict when there is one."""
+    err: dict[str, Any] = {"message": message, "type": type, "code": code, "param": param}
+    if verdict is not None:
+        err["verdict"] = verdict.to_dict()
+    return {"error": err}
+
+
+def _type_for(status: int) -> str:
+    if status == 429:
+        return RATE_LIMIT
+    return SERVER_ERROR if status >= 500 else INVALID_REQUEST
+
+
+def _verdict_headers(verdict: Verdict | None) -> dict[str, str]:
+    return dict(verdict.headers()) if verdict is not None else {}
+
+
+def blocked(verdict: Verdict, status: int = 400) -> ErrorReply:
+    """The reply to a request whose verdict is ``block``.
+
+    A fail-closed verdict (screening failed, ``verdict.error_code`` set) is not the client's
+    fault: it answers 503 so that clients retry, with the verdict's error code.
+    """
+    if verdict.error_code:
+        msg = (
+            f"Request not forwarded: screening failed ({verdict.error_code}) and the "
+            f"policy {verdict.policy!r} fails closed. Retry later."
+        )
+        body = error_body(msg, type=SERVER_ERROR, code=verdict.error_code, verdict=verdict)
+        return ErrorReply(503, body, {"retry-after": "1", **_verdict_headers(verdict)})
+    where = f" in message {verdict.message_index}" if verdict.message_index is not None else ""
+    msg = (
+        f"Request blocked by alknet-firewall: {verdict.level} {verdict.signal or 'risk'} "
+        f"score {verdict.score:.2f}{where} (policy {verdict.policy!r})."
+    )
+    body = error_body(msg, type=_type_for(status), code=BLOCKED_CODE, verdict=verdict)
+    return ErrorReply(status, body, _verdict_headers(verdict))
+
+
+def status_for(exc: BaseException) -> int:
+    """HTTP status for an error raised while screening."""
+    if isinstance(exc, BadInputError):  # InputTooLargeError carries 413
+        return exc.status
+    if isinstance(exc, OverloadError):
+        return 429
+    if isinstance(exc, (FirewallClosedError, ScreenTimeoutError)):
+        return 503
+    return 500
+
+
+def from_exception(exc: BaseException, *, verdict: Verdict | None = None) -> ErrorReply:
+    """The reply to an exception raised while screening (any :class:`FirewallError`)."""
+    status = status_for(exc)
+    code = exc.code if isinstance(exc, FirewallError) else "internal_error"
+    headers = _verdict_headers(verdict)
+    if isinstance(exc, OverloadError):
+        headers["retry-after"] = str(max(1, math.ceil(exc.retry_after)))
+    elif status == 503:
+        headers["retry-after"] = "1"
+    if isinstance(exc, FirewallError):
+        message = str(exc)
+    else:  # an unexpected failure: don't leak internals to the client
+        message = "The firewall failed to screen this request; it was not forwarded."
+    return ErrorReply(status, error_body(message, type=_type_for(status), code=code), headers)
+
+
+def invalid_request(message: str, code: str, status: int = 400) -> ErrorReply:
+    return ErrorReply(status, error_body(message, type=_type_for(status), code=code))
+
+
+def invalid_json(detail: str) -> ErrorReply:
+    return invalid_request(
+        f"We could not parse the JSON body of your request ({detail}). The OpenAI API "
+        "expects a JSON object.",
+        "invalid_json",
+    )
+
+
+def body_too_large(limit: int) -> ErrorReply:
+    return invalid_request(
+        f"The request body is larger than the firewall's limit of {limit} bytes.",
+        "request_too_large",
+        413,
+    )
+
+
+def unsupported_media_type(content_type: str) -> ErrorReply:
+    return invalid_request(
+        f"Unsupported Content-Type {content_type!r}; send the request as application/json.",
+        "unsupported_media_type",
+        415,
+    )
+
+
+def unknown_policy(name: str) -> ErrorReply:
+    return invalid_request(f"Unknown firewall policy {name!r}.", "unknown_policy")
+
+
+def firewall_unavailable() -> ErrorReply:
+    body = error_body(
+        "The firewall is not ready; the request was not forwarded. Retry later.",
+        type=SERVER_ERROR,
+        code="firewall_unavailable",
+    )
+    return ErrorReply(503, body, {"retry-after": "1"})
+
+
+def upstream_unreachable(detail: str) -> ErrorReply:
+    body = error_body(
+        f"The upstream API could not be reached ({detail}).",
+        type=SERVER_ERROR,
+        code="upstream_unreachable",
+    )
+    return ErrorReply(502, body)
+
+
+def upstream_timeout(timeout_s: float) -> ErrorReply:
+    body = error_body(
+        f"The upstream API did not answer within {timeout_s:g} s.",
+        type=SERVER_ERROR,
+        code="upstream_timeout",
+    )
+    return ErrorReply(504, body)
