@@ -17,6 +17,7 @@ No web framework is imported: the middleware speaks raw ASGI.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import json
 import logging
@@ -266,6 +267,8 @@ class _ScreeningResponder:
         self.receive: Receive = _unattached_receive
         self.body = b""
         self.too_large = False
+        #: A message received while screening that was not a disconnect (kept for the app).
+        self.pending: Message | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         mw = self.mw
@@ -298,13 +301,42 @@ class _ScreeningResponder:
             await openai_errors.invalid_json(_json_error(exc)).send(send)
             return
 
-        reply = await self._screen(scope, data)
-        if reply is not None:
-            await reply.send(send)
+        screened = await self._screen_while_connected(scope, data, receive)
+        if screened is _GONE:
+            return
+        if screened is not None:
+            await screened.send(send)
             return
         scope.setdefault("state", {})[STATE_VERDICT] = self.verdict
         self.send = send
         await mw.app(scope, self._replay, self._send_with_headers)
+
+    async def _screen_while_connected(
+        self, scope: Scope, data: Any, receive: Receive
+    ) -> openai_errors.ErrorReply | object | None:
+        """:meth:`_screen`, cancelled if the client disconnects meanwhile (``_GONE``).
+
+        A client that gave up must not keep its texts in the screening queue (under overload,
+        clients time out and retry) nor have its request forwarded after all. The body has been
+        read whole, so the only message ``receive`` can still yield is ``http.disconnect``; any
+        other is kept for the app.
+        """
+        screening = asyncio.ensure_future(self._screen(scope, data))
+        listening = asyncio.ensure_future(receive())
+        try:
+            await asyncio.wait({screening, listening}, return_when=asyncio.FIRST_COMPLETED)
+            message = listening.result() if listening.done() else None
+            if message is not None and message["type"] == "http.disconnect":
+                screening.cancel()  # Firewall.ascreen cancels its queued texts
+                await asyncio.wait({screening})
+                log.info("client disconnected during screening; request dropped")
+                return _GONE
+            self.pending = message
+            return await screening
+        finally:
+            for task in (screening, listening):
+                if not task.done():
+                    task.cancel()
 
     async def _read_body(self, receive: Receive) -> bytes | None:
         chunks: list[bytes] = []
@@ -371,6 +403,9 @@ class _ScreeningResponder:
         if not self.replayed:
             self.replayed = True
             return {"type": "http.request", "body": self.body, "more_body": False}
+        if self.pending is not None:
+            message, self.pending = self.pending, None
+            return message
         return await self.receive()
 
     async def _send_with_headers(self, message: Message) -> None:
@@ -381,6 +416,10 @@ class _ScreeningResponder:
             ]
             message = {**message, "headers": [*(message.get("headers") or ()), *extra]}
         await self.send(message)
+
+
+#: What :meth:`_ScreeningResponder._screen_while_connected` returns for a client that left.
+_GONE = object()
 
 
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

@@ -130,6 +130,10 @@ def blocked(verdict: Verdict, status: int = 400) -> ErrorReply:
             f"policy {verdict.policy!r} fails closed. Retry later."
         )
         body = error_body(msg, type=SERVER_ERROR, code=verdict.error_code, verdict=verdict)
+        if verdict.error_code == "internal_error":
+            # An unexpected exception's text (paths, device errors, library internals) stays in
+            # the server's hands, as in from_exception(); the client gets the code only.
+            body["error"]["verdict"]["error"] = verdict.error_code
         return ErrorReply(503, body, {"retry-after": "1", **_verdict_headers(verdict)})
     where = f" in message {verdict.message_index}" if verdict.message_index is not None else ""
     msg = (
