@@ -8,14 +8,13 @@ trigger-word benign sentences and novel attacks) with the shipped default codebo
 
     .venv/bin/python scripts/eval_detection.py --corpus ../shared/corpus --out docs/evaluation
 
-Activations are cached in reports/ (keyed by model digest and settings), so a rerun that only
-changes the fitting is quick.
+Activations are cached in reports/corpus-features.npz (reused only when model, windowing and
+texts match), which `codebook build --features-cache` can reuse too.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
 from pathlib import Path
@@ -24,7 +23,7 @@ import numpy as np
 
 from alknet_firewall.codebook import CodebookBuilder, _subset
 from alknet_firewall.config import load_settings
-from alknet_firewall.corpus import augment, extract, load_features, read_jsonl, save_features
+from alknet_firewall.corpus import augment, cached_extract, read_jsonl
 from alknet_firewall.evaluation import summarise, to_markdown, write_report
 from alknet_firewall.model import load_model
 from alknet_firewall.scoring import Scorer, level_for
@@ -50,6 +49,7 @@ def main() -> int:
     ap.add_argument("--C", type=float, default=0.01)
     ap.add_argument("--max-windows", type=int, default=12)
     ap.add_argument("--no-augment", action="store_true")
+    ap.add_argument("--features-cache", default="reports/corpus-features.npz")
     args = ap.parse_args()
 
     settings = load_settings()
@@ -61,34 +61,33 @@ def main() -> int:
         records += augment(records, seed=0)
     model = load_model(ms)
     info = model.describe()
-    key = hashlib.sha256(
-        json.dumps([info["weights_digest"], info["layers"], info["dtype"], info["max_tokens"],
-                    info["window_overlap"], info["pooling"], args.max_windows, len(records),
-                    not args.no_augment]).encode()
-    ).hexdigest()[:12]
-    cache = Path("reports") / f"features-{key}.npz"
-    if cache.exists():
-        feats = load_features(cache)
-    else:
-        feats = extract(model, [r.text for r in records], max_windows=args.max_windows)
-        cache.parent.mkdir(exist_ok=True)
-        save_features(cache, feats)
+    feats = cached_extract(
+        model,
+        [r.text for r in records],
+        max_windows=args.max_windows,
+        cache=args.features_cache,
+        key={"augmented": not args.no_augment, "seed": 0},
+    )
 
     kinds = np.array([r.kind for r in records])
     groups = np.array([r.group for r in records])
     sources = np.array([r.source for r in records])
     augmented = np.array([bool(r.extra.get("augmented")) for r in records])
+    doc_sources = np.array([str(r.extra.get("doc_source", "")) for r in records])
     scores = np.full(len(records), np.nan)
     levels = np.array(["clear"] * len(records), dtype=object)
     signal_scores: dict[str, np.ndarray] = {}
     per_fold = []
     for attack_src, benign_src in FOLDS:
-        held = np.isin(groups, attack_src + benign_src)
+        # Augmented rows built from a held-out source's documents are held out too.
+        held = np.isin(groups, attack_src + benign_src) | np.isin(
+            doc_sources, attack_src + benign_src
+        )
         b = CodebookBuilder(k=args.k, C=args.C).fit(
             _subset(feats, ~held), kinds[~held], groups=groups[~held], metadata={"model": info}
         )
         cb = b.codebook_
-        test = held & ~augmented
+        test = np.isin(groups, attack_src + benign_src) & ~augmented
         batch = Scorer(cb).score_features(_subset(feats, test))
         idx = np.flatnonzero(test)
         for i, sc in zip(idx, batch.texts, strict=True):
@@ -101,14 +100,46 @@ def main() -> int:
 
     ev = ~np.isnan(scores)
     labels = np.array([r.label for r in records])
-    report = summarise(labels[ev], kinds[ev], sources[ev], scores[ev], levels[ev].tolist(),
-                       per_fold[-1]["thresholds"])
+    report = summarise(
+        labels[ev],
+        kinds[ev],
+        sources[ev],
+        scores[ev],
+        levels[ev].tolist(),
+        per_fold[-1]["thresholds"],
+    )
+    # Each signal on its own, on the pairs it was built for.
+    from alknet_firewall.evaluation import roc_auc
+
+    harm = ev & (kinds == "harmful_request")
+    look_alike = ev & (kinds == "benign_hard")
+    inj = ev & np.isin(kinds, ["direct_injection", "prompt_extraction"])
+    jb = ev & (kinds == "jailbreak")
+    benign_ev = ev & (labels == 0)
+    report["per_signal_auc"] = {
+        "harmful_signal: harmful vs benign_hard": roc_auc(
+            harm[harm | look_alike], signal_scores["harmful"][harm | look_alike]
+        ),
+        "injection_signal: injection+extraction vs benign": roc_auc(
+            inj[inj | benign_ev], signal_scores["injection"][inj | benign_ev]
+        ),
+        "jailbreak_signal: jailbreak vs benign": roc_auc(
+            jb[jb | benign_ev], signal_scores["jailbreak"][jb | benign_ev]
+        ),
+        "anomaly_signal: all attacks vs benign": roc_auc(
+            (labels == 1)[ev], signal_scores["anomaly"][ev]
+        ),
+    }
     report["protocol"] = {
         "folds": per_fold,
         "note": "each text scored by a codebook fitted without its source; levels use that "
         "fold's own calibrated thresholds",
-        "layers": info["layers"], "k": args.k, "C": args.C, "max_windows": args.max_windows,
-        "augmented_fitting": not args.no_augment, "dtype": info["dtype"],
+        "layers": info["layers"],
+        "k": args.k,
+        "C": args.C,
+        "max_windows": args.max_windows,
+        "augmented_fitting": not args.no_augment,
+        "dtype": info["dtype"],
     }
     # What the target FPRs would need: a threshold set on unseen benign sources.
     hard = kinds == "benign_hard"
@@ -129,17 +160,36 @@ def main() -> int:
     from alknet_firewall.firewall import Firewall
 
     probes = read_jsonl([Path(__file__).parent.parent / "tests" / "data" / "probes.jsonl"])
-    with Firewall(settings.model_copy(update={"pool": settings.pool.model_copy(update={"warmup": False})})) as fw:
+    with Firewall(
+        settings.model_copy(update={"pool": settings.pool.model_copy(update={"warmup": False})})
+    ) as fw:
         verdicts = fw.screen_many([p.text for p in probes])
         thresholds = fw.thresholds(fw.settings.policy())
-    pr = summarise([p.label for p in probes], [p.kind for p in probes], [p.source for p in probes],
-                   [v.score for v in verdicts], [v.level for v in verdicts], thresholds)
-    write_report(pr, out / "probes", np.array([v.score for v in verdicts]),
-                 np.array([p.label for p in probes]))
-    print(json.dumps({"leave_source_out": report["all_attacks_vs_benign"],
-                      "at_thresholds": report["at_thresholds"],
-                      "unseen_benign_threshold": report["unseen_benign_threshold"],
-                      "probes": pr["at_thresholds"]}, indent=2))
+    pr = summarise(
+        [p.label for p in probes],
+        [p.kind for p in probes],
+        [p.source for p in probes],
+        [v.score for v in verdicts],
+        [v.level for v in verdicts],
+        thresholds,
+    )
+    write_report(
+        pr,
+        out / "probes",
+        np.array([v.score for v in verdicts]),
+        np.array([p.label for p in probes]),
+    )
+    print(
+        json.dumps(
+            {
+                "leave_source_out": report["all_attacks_vs_benign"],
+                "at_thresholds": report["at_thresholds"],
+                "unseen_benign_threshold": report["unseen_benign_threshold"],
+                "probes": pr["at_thresholds"],
+            },
+            indent=2,
+        )
+    )
     del lso_md
     return 0
 

@@ -117,9 +117,12 @@ def embedded_dir(embedded_location: Any) -> Path:
 
 
 def _load(**kwargs: Any) -> Any:
+    """Models for the mechanics tests pool content tokens only (pool_suffix off), so expected
+    values are plain means over the text's positions; tests/test_spans.py covers the suffix."""
     from alknet_firewall.config import ModelSettings
     from alknet_firewall.model import load_model
 
+    kwargs.setdefault("pool_suffix", False)
     return load_model(ModelSettings(**kwargs))
 
 

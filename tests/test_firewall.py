@@ -110,6 +110,17 @@ def test_system_prompt_is_not_screened_but_tool_results_are(codebook: Any) -> No
     assert parts.action == "block" and parts.ignored == ["messages[0].content[0]:image_url"]
 
 
+def test_tool_call_arguments_follow_the_assistant_role(codebook: Any) -> None:
+    call = {"id": "1", "type": "function", "function": {"name": "f", "arguments": attack_text(9)}}
+    msgs = [{"role": "assistant", "content": None, "tool_calls": [call]}]
+    fw, _ = make(
+        codebook, policies={"default": {}, "agents": {"roles": ["user", "tool", "assistant"]}}
+    )
+    with fw:
+        assert fw.screen(msgs).screened_messages == 0  # the assistant's turn is the model's own
+        assert fw.screen(msgs, policy="agents").action == "block"
+
+
 def test_policies_change_the_outcome(codebook: Any) -> None:
     fw, _ = make(codebook)
     text = attack_text(5)
@@ -135,6 +146,8 @@ def test_bad_input_raises_clear_errors(codebook: Any) -> None:
             [{"content": "x"}],
             [{"role": "user", "content": 5}],
             [{"role": "user", "content": [{"type": "text", "text": None}]}],
+            [{"role": "tool", "content": "x", "tool_calls": 5}],
+            [{"role": "tool", "content": "x", "tool_calls": "call"}],
             b"bytes",
         ):
             with pytest.raises(BadInputError):
@@ -181,9 +194,10 @@ def test_overload_is_refused_at_once_or_shed_by_fail_mode(codebook: Any) -> None
         blockers = [
             threading.Thread(target=fw.screen, args=(benign_text(40_000 + i),)) for i in range(3)
         ]
-        for t in blockers:
+        for t in blockers:  # one held by the worker, two waiting: the queue is full
             t.start()
-        time.sleep(0.2)
+            time.sleep(0.1)
+        time.sleep(0.1)
         t0 = time.perf_counter()
         with pytest.raises(OverloadError):
             fw.screen(benign_text(40_100))
@@ -206,10 +220,26 @@ def test_multi_turn_cache_skips_screened_messages(codebook: Any) -> None:
             history.append({"role": "user", "content": benign_text(50_000 + turn)})
             before = model.texts_seen
             v = fw.screen(list(history))
-            assert model.texts_seen - before == 1  # only the new message reaches the model
+            # Only the new message (and its seam with the previous one) reaches the model.
+            assert model.texts_seen - before == (1 if turn == 0 else 2)
             assert v.cached_messages == turn and v.screened_messages == turn + 1
             history.append({"role": "assistant", "content": "ok"})
-        assert fw.cache_hits >= 190
+        assert fw.cache_hits >= 190 + 170  # earlier messages and earlier seams
+
+
+def test_seams_between_messages_are_screened(codebook: Any) -> None:
+    msgs = [{"role": "user", "content": benign_text(55_000 + i)} for i in range(3)]
+    fw, model = make(codebook)
+    with fw:
+        before = model.texts_seen
+        v = fw.screen(msgs)
+        assert model.texts_seen - before == 3 + 2  # three messages, two seams
+        assert v.screened_messages == 3 and v.action == "allow"
+    fw, model = make(codebook, detection={"seams": False})
+    with fw:
+        before = model.texts_seen
+        fw.screen(msgs)
+        assert model.texts_seen - before == 3
 
 
 def test_cache_is_bounded(codebook: Any) -> None:
@@ -243,7 +273,7 @@ def test_attack_hidden_after_long_benign_preamble_is_found(codebook: Any) -> Non
 
 
 def test_async_concurrency_matches_sequential(codebook: Any) -> None:
-    fw, model = make(codebook, pool={"max_wait_ms": 5})
+    fw, _ = make(codebook, pool={"max_wait_ms": 5, "queue_size": 1000})
     texts = [benign_text(80_000 + i) if i % 3 else attack_text(80_000 + i) for i in range(300)]
     with fw:
         sequential = [fw.screen(t).action for t in texts]

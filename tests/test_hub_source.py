@@ -90,7 +90,8 @@ def test_hub_snapshot_loads_offline(hf_home: Path, run_py, layer2_model) -> None
         out = {{}}
         for rev in ({COMMIT!r}, "main"):
             m = load_model(ModelSettings(
-                source="hub", repo_id="acme/tiny", revision=rev, layers=(2,), dtype="float32"
+                source="hub", repo_id="acme/tiny", revision=rev, layers=(2,), dtype="float32",
+                pool_suffix=False,
             ))
             d = m.describe()
             out[rev] = {{

@@ -252,23 +252,6 @@ def test_tool_calls_and_tool_results(target: Target) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="firewall.extract_texts skips messages whose role is not in policy.roles before it "
-    "reads tool_calls, so assistant tool-call arguments are never screened with the default "
-    "roles (user, tool, function) although the comment there and docs/integrations/asgi.md say "
-    "they are",
-)
-def test_attack_in_tool_call_arguments_is_blocked(target: Target) -> None:
-    args = json.dumps({"query": ATTACK})
-    call = {"id": "c1", "type": "function", "function": {"name": "search", "arguments": args}}
-    # Only the tool call carries text, so nothing else can decide the verdict.
-    expect_blocked(
-        target.post(_chat([{"role": "assistant", "content": None, "tool_calls": [call]}]))
-    )
-
-
-@pytest.mark.slow
 @pytest.mark.parametrize(
     "raw",
     [
@@ -284,14 +267,6 @@ def test_non_utf8_body_is_400(target: Target, raw: bytes) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="a lone surrogate (JSON escape \\ud800, or its UTF-8-style bytes ED A0 80, which "
-    "json.loads(bytes) decodes with surrogatepass just as the app's own parser would) reaches "
-    "the tokenizer, which raises TypeError; the whole micro-batch fails and gets the fail-mode "
-    "verdict (503 here, a flagged pass-through under fail_mode=open). firewall._prepare or "
-    "normalize should replace or refuse lone surrogates (BadInputError)",
-)
 @pytest.mark.parametrize(
     "content", [b"Hi \\ud800 there", b"Hi \xed\xa0\x80 there"], ids=["escape", "raw-bytes"]
 )
@@ -349,9 +324,6 @@ def test_thousands_of_messages_clean_and_bounded(target: Target) -> None:
     assert elapsed < 60
     if r.status_code == 200:
         expect_verdict(target, r)
-    elif r.status_code == 429:  # today: more texts than the screening queue holds (see xfail)
-        expect_error(r, 429, "overloaded")
-        assert r.headers["retry-after"] == "1"
     else:
         assert r.status_code in (400, 413), r.text[:300]
         expect_error(r, r.status_code, r.json()["error"]["code"])
@@ -360,13 +332,6 @@ def test_thousands_of_messages_clean_and_bounded(target: Target) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="Firewall._submit_all puts every message (plus one seam per pair) in the pool queue "
-    "at once, so a request with more than ~queue_size/2 messages (default 256 -> ~129) raises "
-    "OverloadError even on an idle server: a 429 'retry shortly' that can never succeed. Expected "
-    "a verdict (pace the submissions) or a non-retryable 413",
-)
 def test_thousands_of_messages_not_refused_as_overload(target: Target) -> None:
     msgs = [{"role": "user", "content": f"Short note number {i}."} for i in range(3000)]
     r = target.post(_chat(msgs))

@@ -254,24 +254,11 @@ def test_attack_under_fail_open_is_blocked_when_screening_works(open_firewall: A
     assert v.action == "block" and v.error is None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a lone surrogate anywhere in a message makes the tokenizer raise (the real one: "
-    "TypeError, tokenizers cannot take surrogates); under fail_mode=open the attack next to it "
-    "is then forwarded with only a flag. firewall should replace or refuse lone surrogates "
-    "before tokenising",
-)
 def test_lone_surrogate_does_not_turn_an_attack_into_fail_open(open_firewall: Any) -> None:
     v = open_firewall.screen(attack_text(7_002) + " \ud800", policy="open")
     assert v.action == "block", (v.action, v.error)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="one request with a lone surrogate fails the whole micro-batch (the batch function "
-    "raises), so benign requests screened in the same batch get the fail-mode verdict too "
-    "(503 / flagged): one cheap request degrades its neighbours",
-)
 def test_lone_surrogate_does_not_fail_neighbours_in_its_batch(open_firewall: Any) -> None:
     async def both() -> list[Any]:
         return list(

@@ -183,8 +183,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_codebook_build(args: argparse.Namespace) -> int:
     from .codebook import CodebookBuilder
-    from .corpus import augment, extract, files_digest, read_jsonl
-    from .model import load_model
+    from .corpus import augment, cached_extract, files_digest, read_jsonl
+    from .model import IDENTITY_KEYS, load_model
 
     settings = _settings(args)
     ms = settings.model
@@ -194,23 +194,16 @@ def cmd_codebook_build(args: argparse.Namespace) -> int:
     if not args.no_augment:
         records = records + augment(records, seed=args.seed)
     model = load_model(ms)
-    feats = extract(model, [r.text for r in records], max_windows=args.max_windows)
+    feats = cached_extract(
+        model,
+        [r.text for r in records],
+        max_windows=args.max_windows,
+        cache=args.features_cache,
+        key={"augmented": not args.no_augment, "seed": args.seed},
+    )
     info = model.describe()
     meta = {
-        "model": {
-            k: info[k]
-            for k in (
-                "name",
-                "revision",
-                "weights_digest",
-                "layers",
-                "pooling",
-                "chat_template",
-                "max_tokens",
-                "window_overlap",
-                "dtype",
-            )
-        },
+        "model": {k: info[k] for k in IDENTITY_KEYS},
         "corpus": {
             "digest": files_digest(args.corpus),
             "texts": len(records),
@@ -315,6 +308,11 @@ def _add_detection(sub: Any) -> None:
     p.add_argument("--C", type=float, default=0.01, help="inverse regularisation of the heads")
     p.add_argument("--max-windows", type=int, default=12, help="windows per text used for fitting")
     p.add_argument("--no-augment", action="store_true", help="skip rule-based augmentation")
+    p.add_argument(
+        "--features-cache",
+        default=None,
+        help="reuse/write activations here (.npz); reused only if model, windows and texts match",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_codebook_build)
     p = cbs.add_parser("calibrate", help="refit thresholds on your own benign traffic (no labels)")
@@ -340,6 +338,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--config", help="YAML settings file (default: $ALKNET_FIREWALL_CONFIG)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    parser.add_argument(
+        "--log-format", choices=("text", "json"), default="text", help="log line format (stderr)"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     model = sub.add_parser("model", help="prepare or describe the activation model")
@@ -371,11 +372,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     import logging
 
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    from .logs import configure
+
+    configure(logging.INFO if args.verbose else logging.WARNING, args.log_format)
     try:
         return int(args.func(args) or 0)
     except FirewallError as exc:

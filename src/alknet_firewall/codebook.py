@@ -233,7 +233,7 @@ class Codebook:
         """Refuse a model this codebook was not built for (name, weights, layers, pooling)."""
         meta = self.metadata.get("model", {})
         problems = []
-        for key in ("name", "weights_digest", "pooling", "chat_template"):
+        for key in ("name", "weights_digest", "pooling", "chat_template", "system_prompt"):
             want, got = meta.get(key), model_info.get(key)
             if want is not None and got is not None and want != got:
                 problems.append(f"{key}: codebook has {want!r}, model has {got!r}")
@@ -249,7 +249,7 @@ class Codebook:
                 + ". Build one for this model with `alknet-firewall codebook build`, or configure "
                 "the model the codebook names."
             )
-        for key in ("dtype", "max_tokens", "window_overlap"):
+        for key in ("dtype", "max_tokens", "window_overlap", "sub_window"):
             want, got = meta.get(key), model_info.get(key)
             if want is not None and got is not None and want != got:
                 log.warning(
@@ -485,6 +485,8 @@ class CodebookBuilder:
             rng.shuffle(idx)
             calib[idx[: round(len(idx) * self.calibration_fraction)]] = True
         fit_benign = benign & ~calib
+        all_feats = feats
+        feats = feats.only_full()  # heads and layer statistics see whole windows only
         t = feats.text_index
         layers = tuple(sorted(feats.features))
         X = np.concatenate([feats.features[layer] for layer in layers], axis=1).astype(np.float64)
@@ -534,7 +536,8 @@ class CodebookBuilder:
             },
         )
         self.calibration_mask_ = calib
-        self.codebook_ = calibrate(cb, _subset(feats, calib), self.target_fpr)
+        # Calibration sees every row the runtime scores, spans included.
+        self.codebook_ = calibrate(cb, _subset(all_feats, calib), self.target_fpr)
         return self
 
     def _layer_stats(self, F: np.ndarray) -> LayerStats:
@@ -577,6 +580,7 @@ def _subset(feats: Any, text_mask: np.ndarray) -> Any:
         token_start=feats.token_start[keep],
         n_tokens=feats.n_tokens[keep],
         n_texts=int(text_mask.sum()),
+        is_sub=None if feats.is_sub is None else feats.is_sub[keep],
     )
 
 

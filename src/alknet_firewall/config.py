@@ -44,11 +44,22 @@ class ModelSettings(_Strict):
     #: after the deepest one.
     layers: tuple[int, ...] = (8,)
     pooling: Literal["mean", "last", "both"] = "mean"
+    #: Mean pooling also covers the chat template's end-of-turn tokens after the text.
+    pool_suffix: bool = True
     #: Wrap each text in the model's chat template as a user turn.
     chat_template: bool = True
+    #: System turn rendered before the user turn: ``""`` an empty one (short: 8 template tokens
+    #: for SmolLM2 instead of 24), ``None`` the template's own default system prompt.
+    system_prompt: str | None = ""
     #: Content tokens per window; longer texts are split into overlapping windows.
     max_tokens: int = Field(128, ge=8, le=8192)
     window_overlap: int = Field(16, ge=0)
+    #: Also score every span of this many tokens (stride ``sub_window_stride``) inside a window
+    #: on its own, so a short attack is not diluted by a long benign window (used with mean
+    #: pooling; 0 disables). Costs no extra forward pass, but 32-token spans lowered the
+    #: leave-source-out AUC from 0.94 to 0.91 (ADR 0001), so it is off by default.
+    sub_window: int = Field(0, ge=0)
+    sub_window_stride: int = Field(16, ge=1)
     dtype: Literal["float32", "bfloat16"] = "bfloat16"
     #: torch intra-op threads for the calling thread (``None``: leave torch's default).
     threads: int | None = Field(None, ge=1, le=256)
@@ -83,6 +94,9 @@ class DetectionSettings(_Strict):
     codebook: Path | None = None
     #: Normalise what the model sees (NFKC, invisible characters, whitespace runs).
     normalize: bool = True
+    #: Also screen each seam between consecutive screened messages (the end of one joined to
+    #: the start of the next), so an attack split across two messages is read whole.
+    seams: bool = True
     #: Inputs above this many tokens (all messages of a request) are refused, not truncated.
     max_input_tokens: int = Field(65536, ge=16)
 

@@ -72,28 +72,53 @@ def files_digest(paths: Iterable[str | Path]) -> str:
     return "sha256:" + h.hexdigest()
 
 
-def augment(records: Sequence[Record], *, seed: int = 0) -> list[Record]:
-    """Rule-based variants: injections embedded in benign documents, benign concatenations."""
+def augment(records: Sequence[Record], *, seed: int = 0, indirect: bool = False) -> list[Record]:
+    """Rule-based variants: benign concatenations, short benign fragments (the first words of
+    benign texts) and, with ``indirect``, injections embedded in benign documents.
+
+    The leave-source-out runs (ADR 0001) kept concatenations and fragments: fragments stop
+    "hi" and "ok" from scoring as attacks, concatenations teach that length is not an attack.
+    Embedded injections lowered the AUC (0.94 → 0.91): every window of the document is labelled
+    an attack, so the heads learnt the documents. They are off by default.
+    """
     rng = random.Random(seed)
     docs = [r for r in records if r.label == 0 and r.source in DOCUMENT_SOURCES]
     if not docs:
         return []
     out: list[Record] = []
-    for r in records:
-        if r.kind not in INJECTION_KINDS:
+    injections = [r for r in records if r.kind in INJECTION_KINDS]
+    if indirect:
+        for r in injections:
+            doc = rng.choice(docs)
+            sentences = doc.text.split(". ")
+            if len(sentences) > 2 and rng.random() < 0.5:
+                cut = rng.randrange(1, len(sentences))
+                text = ". ".join(sentences[:cut]) + ". " + r.text + " " + ". ".join(sentences[cut:])
+            else:
+                text = doc.text.rstrip() + "\n\n" + r.text
+            out.append(
+                Record(
+                    text,
+                    1,
+                    "indirect_injection",
+                    f"aug:{r.source}",
+                    r.group,
+                    {"augmented": True, "doc_source": doc.source},
+                )
+            )
+    # Short benign inputs ("hi", "thanks", a half-typed question) are common in real traffic and
+    # rare in the corpus: the first 1-6 words of benign texts stand in for them.
+    benign = [r for r in records if r.label == 0]
+    for r in rng.sample(benign, min(len(benign), 800)):
+        words = r.text.split()
+        if len(words) < 2:
             continue
-        doc = rng.choice(docs)
-        sentences = doc.text.split(". ")
-        if len(sentences) > 2 and rng.random() < 0.5:
-            cut = rng.randrange(1, len(sentences))
-            text = ". ".join(sentences[:cut]) + ". " + r.text + " " + ". ".join(sentences[cut:])
-        else:
-            text = doc.text.rstrip() + "\n\n" + r.text
+        k = rng.choice((1, 1, 2, 2, 3, 4, 6))
         out.append(
-            Record(text, 1, "indirect_injection", f"aug:{r.source}", r.group, {"augmented": True})
+            Record(" ".join(words[:k]), 0, r.kind, f"aug:{r.source}", r.group, {"augmented": True})
         )
-    n_pairs = len(out)
-    for _ in range(n_pairs):
+    # Two benign documents back to back are still benign.
+    for _ in range(max(len(injections), 500)):
         a, b = rng.sample(docs, 2)
         out.append(
             Record(
@@ -102,7 +127,7 @@ def augment(records: Sequence[Record], *, seed: int = 0) -> list[Record]:
                 "benign",
                 f"aug:{a.source}",
                 a.group,
-                {"augmented": True},
+                {"augmented": True, "doc_source": b.source},
             )
         )
     return out
@@ -166,17 +191,20 @@ def concat_features(parts: Sequence[Any]) -> Any:
         token_start=np.concatenate([p.token_start for p in parts]),
         n_tokens=np.concatenate([p.n_tokens for p in parts]),
         n_texts=int(offsets[-1]),
+        is_sub=np.concatenate([p.full.__invert__() for p in parts]),
     )
 
 
-def save_features(path: str | Path, feats: Any) -> None:
+def save_features(path: str | Path, feats: Any, key: str = "") -> None:
     np.savez(
         path,
+        key=np.array(key),
         text_index=feats.text_index,
         window_index=feats.window_index,
         token_start=feats.token_start,
         n_tokens=feats.n_tokens,
         n_texts=np.array(feats.n_texts),
+        is_sub=~feats.full,
         **{f"layer_{k}": v for k, v in feats.features.items()},
     )
 
@@ -192,4 +220,41 @@ def load_features(path: str | Path) -> Any:
         token_start=d["token_start"],
         n_tokens=d["n_tokens"],
         n_texts=int(d["n_texts"]),
+        is_sub=d["is_sub"] if "is_sub" in d.files else None,
     )
+
+
+def cached_extract(
+    model: Any,
+    texts: Sequence[str],
+    *,
+    max_windows: int | None,
+    cache: str | Path | None,
+    key: dict[str, Any],
+) -> Any:
+    """:func:`extract`, reusing ``cache`` (an ``.npz``) when it was made with the same ``key``
+    (model digest, windowing, dtype, texts digest ...)."""
+    from .model import IDENTITY_KEYS
+
+    info = model.describe()
+    full_key = json.dumps(
+        {
+            **key,
+            "texts": hashlib.sha256(
+                "\x00".join(texts).encode("utf-8", "surrogatepass")
+            ).hexdigest(),
+            "max_windows": max_windows,
+            **{k: info.get(k) for k in IDENTITY_KEYS if k not in ("name", "revision")},
+        },
+        sort_keys=True,
+    )
+    if cache is not None and Path(cache).exists():
+        with np.load(cache) as d:
+            stored = str(d["key"]) if "key" in d.files else None
+        if stored == full_key:
+            return load_features(cache)
+    feats = extract(model, texts, max_windows=max_windows)
+    if cache is not None:
+        Path(cache).parent.mkdir(parents=True, exist_ok=True)
+        save_features(cache, feats, key=full_key)
+    return feats

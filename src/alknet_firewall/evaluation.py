@@ -25,7 +25,11 @@ def tpr_at_fpr(labels: np.ndarray, scores: np.ndarray, fpr: float) -> float | No
     labels = np.asarray(labels).astype(bool)
     if labels.all() or not labels.any():
         return None
-    thr = float(np.quantile(scores[~labels], 1.0 - fpr, method="higher"))
+    # The lowest threshold whose benign false-positive rate stays within ``fpr``. Scores are
+    # clipped at 1.0, so ties at the top can make that threshold unreachable (TPR 0).
+    neg = np.sort(scores[~labels])[::-1]
+    k = int(np.floor(fpr * len(neg)))
+    thr = neg[k] if k < len(neg) else -np.inf
     return float((scores[labels] > thr).mean())
 
 

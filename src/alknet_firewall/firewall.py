@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import hashlib
+import itertools
 import json
 import logging
+import re
 import sys
 import threading
 import time
@@ -116,6 +118,22 @@ class _Item:
 
     message_index: int
     text: str
+    #: A seam: the end of one screened message joined to the start of the next, so an attack
+    #: split across two messages is read whole.
+    seam: bool = False
+
+
+#: Characters taken from each side of a seam (about 75 tokens each: one window in all).
+SEAM_CHARS = 300
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _no_lone_surrogates(text: str) -> str:
+    """Lone UTF-16 surrogates (from JSON escapes like \\ud800) cannot be tokenised: they become
+    U+FFFD in the screened copy instead of failing the whole batch."""
+    if not _SURROGATE.search(text):
+        return text
+    return text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
 
 
 def extract_texts(
@@ -171,8 +189,11 @@ def extract_texts(
                 f"messages[{i}].content must be a string, a list of parts or null, "
                 f"not {type(content).__name__}"
             )
-        # Tool-call arguments a client sends back are untrusted model output; screen them too.
-        for call in msg.get("tool_calls") or []:
+        # Tool-call arguments travel in assistant messages: screened when that role is.
+        calls = msg.get("tool_calls")
+        if calls is not None and (not isinstance(calls, Sequence) or isinstance(calls, str)):
+            raise BadInputError(f"messages[{i}].tool_calls must be a list")
+        for call in calls or []:
             if isinstance(call, Mapping):
                 fn = call.get("function")
                 if isinstance(fn, Mapping) and isinstance(fn.get("arguments"), str):
@@ -181,6 +202,28 @@ def extract_texts(
         if text.strip():
             texts.append((i, text))
     return texts, ignored
+
+
+_OFFLOAD_CHARS = 20_000
+
+
+def _rough_size(data: Any) -> int:
+    """Characters of text in a request, cheaply (for deciding where to prepare it)."""
+    if isinstance(data, str):
+        return len(data)
+    total = 0
+    if isinstance(data, Sequence):
+        for msg in data:
+            content = msg.get("content") if isinstance(msg, Mapping) else None
+            if isinstance(content, str):
+                total += len(content)
+            elif isinstance(content, Sequence):
+                total += sum(
+                    len(p.get("text") or "")
+                    for p in content
+                    if isinstance(p, Mapping) and isinstance(p.get("text"), str)
+                )
+    return total
 
 
 # --------------------------------------------------------------------------------------------
@@ -222,7 +265,7 @@ class Firewall:
 
         self._metrics = metrics.get()
         p = s.pool
-        self.pool: BatchPool[str, Scores] = BatchPool(
+        self.pool: BatchPool[tuple[str, ...], list[Scores]] = BatchPool(
             self._score_batch,
             workers=p.workers,
             max_batch_cost=p.max_batch_size,
@@ -257,9 +300,11 @@ class Firewall:
 
     def _model_settings(self) -> Any:
         """Model settings with the codebook's layers, pooling and windowing."""
+        from .model import READING_KEYS
+
         meta = self.codebook.metadata.get("model", {})
         update: dict[str, Any] = {"layers": tuple(self.codebook.layers)}
-        for key in ("pooling", "chat_template", "max_tokens", "window_overlap"):
+        for key in READING_KEYS:
             if key in meta:
                 update[key] = meta[key]
         ms = self.settings.model.model_copy(update=update)
@@ -274,7 +319,7 @@ class Firewall:
 
     def warmup(self) -> None:
         """One forward pass per worker before serving (installs lazy hooks, fills caches)."""
-        futures = [self.pool.submit("warm-up") for _ in range(self.settings.pool.workers)]
+        futures = [self.pool.submit(("warm-up",)) for _ in range(self.settings.pool.workers)]
         concurrent.futures.wait(futures, timeout=self.settings.pool.timeout_s * 4)
 
     def close(self, timeout: float = 30.0) -> None:
@@ -295,29 +340,43 @@ class Firewall:
         await asyncio.get_running_loop().run_in_executor(None, self.close)
 
     # -- the batch function the pool runs ------------------------------------------------------
-    def _cost(self, text: str) -> int:
-        # Windows a text will need, estimated from characters (≈4 per token).
-        return 1 + len(text) // (4 * self.model.settings.max_tokens)
+    def _cost(self, texts: tuple[str, ...]) -> int:
+        # Windows a request will need, estimated from characters (≈4 per token).
+        per = 4 * self.model.settings.max_tokens
+        return sum(1 + len(t) // per for t in texts)
 
-    def _score_batch(self, texts: list[str]) -> list[Scores | BaseException]:
+    def _score_batch(self, jobs: list[tuple[str, ...]]) -> list[list[Scores] | BaseException]:
+        """Score every text of every request in one pass; one result list per request."""
         limit = self.settings.detection.max_input_tokens
-        ids = self.model.tokenize(texts)
-        out: list[Scores | BaseException | None] = [None] * len(texts)
-        keep = []
-        for i, x in enumerate(ids):
-            if len(x) > limit:
-                out[i] = InputTooLargeError(
-                    f"a message has {len(x)} tokens, above detection.max_input_tokens={limit}"
+        flat = [t for job in jobs for t in job]
+        ids = self.model.tokenize(flat)
+        out: list[list[Scores] | BaseException] = []
+        keep: list[list[int]] = []
+        pos = 0
+        for job in jobs:
+            idx = list(range(pos, pos + len(job)))
+            pos += len(job)
+            total = sum(len(ids[i]) for i in idx)
+            if total > limit:
+                out.append(
+                    InputTooLargeError(
+                        f"the request has {total} tokens to screen, above "
+                        f"detection.max_input_tokens={limit}"
+                    )
                 )
+                keep.append([])
             else:
-                keep.append(i)
-        if keep:
-            wins = self.model.windows([ids[i] for i in keep])
-            feats = self.model.encode_token_windows(wins, len(keep))
-            scored = self.scorer.score_features(feats).texts
-            for i, sc in zip(keep, scored, strict=True):
-                out[i] = sc
-        return out  # type: ignore[return-value]
+                out.append([])
+                keep.append(idx)
+        kept = [i for idx in keep for i in idx]
+        if kept:
+            wins = self.model.windows([ids[i] for i in kept])
+            feats = self.model.encode_token_windows(wins, len(kept))
+            scored = dict(zip(kept, self.scorer.score_features(feats).texts, strict=True))
+            for n, idx in enumerate(keep):
+                if idx:
+                    out[n] = [scored[i] for i in idx]
+        return out
 
     # -- screening -----------------------------------------------------------------------------
     def _prepare(
@@ -334,8 +393,14 @@ class Firewall:
                 f"detection.max_input_tokens={limit}"
             )
         items = [
-            _Item(i, normalize(t) if self.settings.detection.normalize else t) for i, t in texts
+            _Item(i, normalize(t) if self.settings.detection.normalize else t)
+            for i, t in ((i, _no_lone_surrogates(t)) for i, t in texts)
         ]
+        if self.settings.detection.seams:
+            items += [
+                _Item(b.message_index, a.text[-SEAM_CHARS:] + "\n" + b.text[:SEAM_CHARS], seam=True)
+                for a, b in itertools.pairwise(items)
+            ]
         cached: dict[int, Scores] = {}
         todo: list[tuple[int, str, str]] = []
         for n, it in enumerate(items):
@@ -375,18 +440,10 @@ class Firewall:
     def cache_hits(self) -> int:
         return self._cache_hits
 
-    def _submit_all(
-        self, todo: list[tuple[int, str, str]]
-    ) -> list[concurrent.futures.Future[Scores]]:
-        futures = []
-        try:
-            for _, text, _ in todo:
-                futures.append(self.pool.submit(text))
-        except BaseException:
-            for f in futures:
-                f.cancel()
-            raise
-        return futures
+    def _submit(self, todo: list[tuple[int, str, str]]) -> concurrent.futures.Future[list[Scores]]:
+        """One pool job per request, so a request with many messages never overflows the queue
+        by itself and its texts share one forward pass."""
+        return self.pool.submit(tuple(text for _, text, _ in todo))
 
     def screen(
         self, data: ScreenInput, *, policy: str | None = None, timeout: float | None = None
@@ -401,15 +458,13 @@ class Firewall:
         items, ignored, cached, todo = self._prepare(data, pol)
         timeout = timeout or self.settings.pool.timeout_s
         try:
-            futures = self._submit_all(todo)
-            deadline = t0 + timeout
-            results = []
-            for f in futures:
+            results: list[Scores] = []
+            if todo:
+                future = self._submit(todo)
                 try:
-                    results.append(f.result(timeout=max(0.0, deadline - time.perf_counter())))
+                    results = future.result(timeout=max(0.0, t0 + timeout - time.perf_counter()))
                 except concurrent.futures.TimeoutError:
-                    for g in futures:
-                        g.cancel()
+                    future.cancel()
                     raise ScreenTimeoutError(f"screening took longer than {timeout:.1f}s") from None
         except (BadInputError, FirewallClosedError):
             raise
@@ -425,29 +480,31 @@ class Firewall:
         """Async :meth:`screen`: waits without blocking the event loop."""
         t0 = time.perf_counter()
         name, pol = self._policy(policy)
-        items, ignored, cached, todo = self._prepare(data, pol)
+        if _rough_size(data) > _OFFLOAD_CHARS:
+            # Normalising and hashing megabytes would stall the event loop: do it in a thread.
+            prepared = await asyncio.to_thread(self._prepare, data, pol)
+        else:
+            prepared = self._prepare(data, pol)
+        items, ignored, cached, todo = prepared
         timeout = timeout or self.settings.pool.timeout_s
-        futures: list[concurrent.futures.Future[Scores]] = []
+        future: concurrent.futures.Future[list[Scores]] | None = None
         try:
-            futures = self._submit_all(todo)
-            if futures:
-                results = await asyncio.wait_for(
-                    asyncio.gather(*(asyncio.wrap_future(f) for f in futures)), timeout
-                )
-            else:
-                results = []
+            results: list[Scores] = []
+            if todo:
+                future = self._submit(todo)
+                results = await asyncio.wait_for(asyncio.wrap_future(future), timeout)
         except (BadInputError, FirewallClosedError):
             raise
         except OverloadError as exc:
             return self._on_overload(exc, name, pol, t0)
         except (asyncio.TimeoutError, TimeoutError):
-            for f in futures:
-                f.cancel()
+            if future is not None:
+                future.cancel()
             exc2 = ScreenTimeoutError(f"screening took longer than {timeout:.1f}s")
             return self._failure(exc2, name, pol, t0)
         except asyncio.CancelledError:
-            for f in futures:
-                f.cancel()
+            if future is not None:
+                future.cancel()
             raise
         except Exception as exc:
             return self._failure(exc, name, pol, t0)
@@ -551,12 +608,13 @@ class Firewall:
             codebook_id=self.codebook.id,
             policy=name,
             thresholds=thresholds,
-            screened_messages=len(items),
-            cached_messages=len(cached),
+            screened_messages=sum(not it.seam for it in items),
+            cached_messages=sum(not items[n].seam for n in cached),
             ignored=ignored,
             latency_ms=(time.perf_counter() - t0) * 1000.0,
         )
-        self._record(verdict)
+        text = items[best_item].text if best_item is not None else None
+        self._record(verdict, text if self.settings.log_text else None)
         return verdict
 
     def _failure(self, exc: BaseException, name: str, pol: PolicySettings, t0: float) -> Verdict:
@@ -593,7 +651,7 @@ class Firewall:
             return self._failure(exc, name, pol, t0)
         raise exc
 
-    def _record(self, v: Verdict) -> None:
+    def _record(self, v: Verdict, text: str | None = None) -> None:
         m = self._metrics
         m.verdicts.labels(action=v.action, level=v.level, signal=v.signal or "none").inc()
         m.latency.observe(v.latency_ms / 1000.0)
@@ -608,6 +666,8 @@ class Firewall:
                     "signal": v.signal,
                     "policy": v.policy,
                     "latency_ms": round(v.latency_ms, 2),
+                    # Message text only when log_text is on (off by default).
+                    **({"text": text[:200]} if text is not None else {}),
                 },
             )
 

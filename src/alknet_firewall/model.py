@@ -31,6 +31,21 @@ log = logging.getLogger(__name__)
 
 _MARKER = "alknet-model.json"
 
+#: Settings that decide what the model reads and how it pools: a codebook records them and
+#: the firewall runs its model with the codebook's values.
+READING_KEYS = (
+    "pooling",
+    "pool_suffix",
+    "chat_template",
+    "system_prompt",
+    "max_tokens",
+    "window_overlap",
+    "sub_window",
+    "sub_window_stride",
+)
+#: What a codebook records about its model (``describe()`` keys).
+IDENTITY_KEYS = ("name", "revision", "weights_digest", "layers", *READING_KEYS, "dtype")
+
 
 # --------------------------------------------------------------------------------------------
 # Features
@@ -50,9 +65,34 @@ class WindowFeatures:
     token_start: np.ndarray
     n_tokens: np.ndarray
     n_texts: int
+    #: True for span rows: the mean over a short span inside a window (see ``sub_window``).
+    is_sub: np.ndarray | None = None
+
+    @property
+    def full(self) -> np.ndarray:
+        """Mask of whole-window rows."""
+        if self.is_sub is None:
+            return np.ones(len(self.text_index), dtype=bool)
+        return ~self.is_sub
+
+    def only_full(self) -> WindowFeatures:
+        """The same features without span rows."""
+        if self.is_sub is None or not self.is_sub.any():
+            return self
+        keep = ~self.is_sub
+        return WindowFeatures(
+            features={k: v[keep] for k, v in self.features.items()},
+            text_index=self.text_index[keep],
+            window_index=self.window_index[keep],
+            token_start=self.token_start[keep],
+            n_tokens=self.n_tokens[keep],
+            n_texts=self.n_texts,
+        )
 
     def per_text(self, pooling: str) -> dict[int, np.ndarray]:
         """Aggregate windows to one row per text (token-weighted mean; last window for 'last')."""
+        if self.is_sub is not None and self.is_sub.any():
+            return self.only_full().per_text(pooling)
         out: dict[int, np.ndarray] = {}
         # The last window of each text: the one with the highest window_index.
         last_win = np.zeros(self.n_texts, dtype=np.int64)
@@ -432,8 +472,11 @@ class TransformersActivationModel:
         if not self.settings.chat_template or not getattr(self.tokenizer, "chat_template", None):
             return [], []
         sentinel = "\u0000ALKNET\u0000"
+        turns = [{"role": "user", "content": sentinel}]
+        if self.settings.system_prompt is not None:
+            turns.insert(0, {"role": "system", "content": self.settings.system_prompt})
         rendered = self.tokenizer.apply_chat_template(
-            [{"role": "user", "content": sentinel}], tokenize=False, add_generation_prompt=True
+            turns, tokenize=False, add_generation_prompt=True
         )
         if not isinstance(rendered, str) or rendered.count(sentinel) != 1:
             raise ModelError("the tokenizer's chat template does not render a user turn")
@@ -475,13 +518,37 @@ class TransformersActivationModel:
             raise TypeError("encode expects a list of str")
         return self.encode_token_windows(self.windows(self.tokenize(texts)), len(texts))
 
+    def spans(self, n: int) -> list[tuple[int, int]]:
+        """Short spans (start, length) inside a window of ``n`` content tokens, scored on their
+        own so a short attack is not diluted by the rest of its window."""
+        size, stride = self.settings.sub_window, self.settings.sub_window_stride
+        if not size or n <= size or self.pooling != "mean":
+            return []
+        starts = list(range(0, n - size + 1, stride))
+        if starts[-1] != n - size:
+            starts.append(n - size)
+        return [(a, size) for a in starts]
+
     def encode_token_windows(self, wins: list[_Window], n_texts: int) -> WindowFeatures:
         import torch
 
         if self.settings.threads and torch.get_num_threads() != self.settings.threads:
             torch.set_num_threads(self.settings.threads)
+        # Rows: one per window, then its spans.
+        row_of: list[list[int]] = []
+        text_index, window_index, token_start, n_tokens, is_sub = [], [], [], [], []
+        for w in wins:
+            rows = []
+            for a, length in [(0, len(w.content)), *self.spans(len(w.content))]:
+                rows.append(len(text_index))
+                text_index.append(w.text)
+                window_index.append(w.index)
+                token_start.append(w.start + a)
+                n_tokens.append(length)
+                is_sub.append(len(rows) > 1)
+            row_of.append(rows)
         feats = {
-            layer: np.zeros((len(wins), self.feature_size), dtype=np.float32)
+            layer: np.zeros((len(text_index), self.feature_size), dtype=np.float32)
             for layer in self.layers
         }
         # Group by length: padding wastes compute.
@@ -490,17 +557,24 @@ class TransformersActivationModel:
         with torch.inference_mode():
             for b in range(0, len(order), bs):
                 idx = order[b : b + bs]
-                self._forward(idx, wins, feats)
+                self._forward(idx, wins, feats, row_of)
         return WindowFeatures(
             features=feats,
-            text_index=np.array([w.text for w in wins], dtype=np.int64),
-            window_index=np.array([w.index for w in wins], dtype=np.int64),
-            token_start=np.array([w.start for w in wins], dtype=np.int64),
-            n_tokens=np.array([len(w.content) for w in wins], dtype=np.int64),
+            text_index=np.array(text_index, dtype=np.int64),
+            window_index=np.array(window_index, dtype=np.int64),
+            token_start=np.array(token_start, dtype=np.int64),
+            n_tokens=np.array(n_tokens, dtype=np.int64),
             n_texts=n_texts,
+            is_sub=np.array(is_sub, dtype=bool),
         )
 
-    def _forward(self, idx: list[int], wins: list[_Window], feats: dict[int, np.ndarray]) -> None:
+    def _forward(
+        self,
+        idx: list[int],
+        wins: list[_Window],
+        feats: dict[int, np.ndarray],
+        row_of: list[list[int]],
+    ) -> None:
         import torch
 
         p, s = len(self._prefix), len(self._suffix)
@@ -527,13 +601,23 @@ class TransformersActivationModel:
         for r, j in enumerate(idx):
             n = len(wins[j].content)
             if n:
-                pool_mask[r, p : p + n] = 1.0
+                # Content tokens, and the end-of-turn tokens that have read all of them: they
+                # keep very short messages ("hi") from being judged on one token alone.
+                pool_mask[r, p : p + n + (s if self.settings.pool_suffix else 0)] = 1.0
             else:
                 pool_mask[r, int(lengths[r]) - max(s, 1) : int(lengths[r])] = 1.0
         pool_mask = pool_mask.to(self._device)
         denom = pool_mask.sum(1, keepdim=True)
         last_pos = (lengths - 1).to(self._device)
         rows = torch.arange(len(seqs), device=self._device)
+        full_rows = [row_of[j][0] for j in idx]
+        span_rows = [
+            (r, row, a, length)
+            for r, j in enumerate(idx)
+            for row, (a, length) in zip(
+                row_of[j][1:], self.spans(len(wins[j].content)), strict=True
+            )
+        ]
         for layer in self.layers:
             hs = hidden[layer].float()
             parts = []
@@ -541,8 +625,16 @@ class TransformersActivationModel:
                 parts.append((hs * pool_mask[:, :, None]).sum(1) / denom)
             if self.pooling in ("last", "both"):
                 parts.append(hs[rows, last_pos])
-            pooled = torch.cat(parts, dim=1).cpu().numpy()
-            feats[layer][idx] = pooled
+            feats[layer][full_rows] = torch.cat(parts, dim=1).cpu().numpy()
+            if span_rows:
+                # Span means from a running sum over positions: one gather for all spans.
+                csum = torch.cumsum(hs, dim=1)
+                csum = torch.cat([torch.zeros_like(csum[:, :1]), csum], dim=1)
+                r_idx = torch.tensor([r for r, _, _, _ in span_rows], device=self._device)
+                a_idx = torch.tensor([p + a for _, _, a, _ in span_rows], device=self._device)
+                n_tok = torch.tensor([n for _, _, _, n in span_rows], device=self._device)
+                sp = (csum[r_idx, a_idx + n_tok] - csum[r_idx, a_idx]) / n_tok[:, None]
+                feats[layer][[row for _, row, _, _ in span_rows]] = sp.cpu().numpy()
 
     def hidden_states(self, text: str) -> torch.Tensor:  # pragma: no cover - debugging aid
         """All hidden states of one text (template applied), shape [layers+1, tokens, hidden]."""
@@ -571,8 +663,12 @@ class TransformersActivationModel:
             "feature_size": self.feature_size,
             "pooling": self.pooling,
             "chat_template": self.settings.chat_template,
+            "pool_suffix": self.settings.pool_suffix,
+            "system_prompt": self.settings.system_prompt,
             "max_tokens": self.settings.max_tokens,
             "window_overlap": self.settings.window_overlap,
+            "sub_window": self.settings.sub_window if self.pooling == "mean" else 0,
+            "sub_window_stride": self.settings.sub_window_stride,
             "dtype": self.dtype,
             "device": str(self._device),
             "cache_dir": str(self.settings.cache_dir or constants.cache_dir()),

@@ -98,23 +98,26 @@ class Scorer:
             logits = self._concat(feats).astype(np.float32) @ self._W + self._b
             for j, name in enumerate(self._names):
                 out[name] = logits[:, j].astype(np.float64)
-        out["anomaly"] = self._anomaly(feats)[0]
+        # Anomaly is a whole-window statistic: short spans are noisy by nature.
+        full = feats.full
+        anomaly = np.zeros(len(full))
+        if full.any():
+            anomaly[full] = self._anomaly({x: feats.features[x][full] for x in self._layers})
+        out["anomaly"] = anomaly
         return out
 
-    def _anomaly(self, feats: Any) -> tuple[np.ndarray, dict[int, np.ndarray]]:
+    def _anomaly(self, features: dict[int, np.ndarray]) -> np.ndarray:
         cb = self.codebook
         p_min = None
-        comp_p: dict[int, np.ndarray] = {}
         for layer in self._layers:
             st = cb.layer_stats[layer]
-            C = feats.features[layer].astype(np.float64) - st.mean
+            C = features[layer].astype(np.float64) - st.mean
             proj = C @ st.basis.T.astype(np.float64)
             z = proj / st.singular
             k = z.shape[1]
             pc = np.stack(
                 [cb.spline(f"component.{layer}.{i}").two_sided(z[:, i]) for i in range(k)], axis=1
             )
-            comp_p[layer] = pc
             fisher = -2.0 * np.log(pc).sum(1)
             p_f = self._chi2.sf(fisher, 2 * k)
             resid = np.maximum((C * C).sum(1) - (proj * proj).sum(1), 0.0) / C.shape[1]
@@ -123,7 +126,7 @@ class Scorer:
             p_min = p if p_min is None else np.minimum(p_min, p)
         assert p_min is not None
         p_all = np.clip(p_min * len(self._layers), 1e-300, 1.0)
-        return -np.log10(p_all), comp_p
+        return -np.log10(p_all)
 
     def raw_text_statistics(self, feats: Any) -> dict[str, np.ndarray]:
         """Per text: the worst window's raw statistic."""
