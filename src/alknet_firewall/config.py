@@ -60,6 +60,11 @@ class ModelSettings(_Strict):
     #: leave-source-out AUC from 0.94 to 0.91 (ADR 0001), so it is off by default.
     sub_window: int = Field(0, ge=0)
     sub_window_stride: int = Field(16, ge=1)
+    #: Also score the first and the last this-many tokens of every text longer than twice that
+    #: on their own, so an instruction appended to a long benign text is not diluted by it. Two
+    #: rows per text, no extra forward pass; but 32-token edges lowered the leave-source-out AUC
+    #: from 0.945 to 0.923 (ADR 0001), so 0 (off) by default.
+    edge_window: int = Field(0, ge=0)
     dtype: Literal["float32", "bfloat16"] = "bfloat16"
     #: torch intra-op threads for the calling thread (``None``: leave torch's default).
     threads: int | None = Field(None, ge=1, le=256)

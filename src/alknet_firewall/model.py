@@ -42,6 +42,7 @@ READING_KEYS = (
     "window_overlap",
     "sub_window",
     "sub_window_stride",
+    "edge_window",
 )
 #: What a codebook records about its model (``describe()`` keys).
 IDENTITY_KEYS = ("name", "revision", "weights_digest", "layers", *READING_KEYS, "dtype")
@@ -534,12 +535,24 @@ class TransformersActivationModel:
 
         if self.settings.threads and torch.get_num_threads() != self.settings.threads:
             torch.set_num_threads(self.settings.threads)
-        # Rows: one per window, then its spans.
+        # Rows: one per window, then its spans; and the head and tail of every long text.
+        edge = self.settings.edge_window if self.pooling == "mean" else 0
+        text_end: dict[int, int] = {}
+        for w in wins:
+            text_end[w.text] = max(text_end.get(w.text, 0), w.start + len(w.content))
         row_of: list[list[int]] = []
+        spans_of: list[list[tuple[int, int]]] = []
         text_index, window_index, token_start, n_tokens, is_sub = [], [], [], [], []
         for w in wins:
+            n = len(w.content)
+            spans = self.spans(n)
+            if edge and n > 2 * edge:
+                if w.start == 0:
+                    spans.append((0, edge))
+                if w.start + n == text_end[w.text]:
+                    spans.append((n - edge, edge))
             rows = []
-            for a, length in [(0, len(w.content)), *self.spans(len(w.content))]:
+            for a, length in [(0, n), *spans]:
                 rows.append(len(text_index))
                 text_index.append(w.text)
                 window_index.append(w.index)
@@ -547,6 +560,7 @@ class TransformersActivationModel:
                 n_tokens.append(length)
                 is_sub.append(len(rows) > 1)
             row_of.append(rows)
+            spans_of.append(spans)
         feats = {
             layer: np.zeros((len(text_index), self.feature_size), dtype=np.float32)
             for layer in self.layers
@@ -557,7 +571,7 @@ class TransformersActivationModel:
         with torch.inference_mode():
             for b in range(0, len(order), bs):
                 idx = order[b : b + bs]
-                self._forward(idx, wins, feats, row_of)
+                self._forward(idx, wins, feats, row_of, spans_of)
         return WindowFeatures(
             features=feats,
             text_index=np.array(text_index, dtype=np.int64),
@@ -574,6 +588,7 @@ class TransformersActivationModel:
         wins: list[_Window],
         feats: dict[int, np.ndarray],
         row_of: list[list[int]],
+        spans_of: list[list[tuple[int, int]]],
     ) -> None:
         import torch
 
@@ -614,9 +629,7 @@ class TransformersActivationModel:
         span_rows = [
             (r, row, a, length)
             for r, j in enumerate(idx)
-            for row, (a, length) in zip(
-                row_of[j][1:], self.spans(len(wins[j].content)), strict=True
-            )
+            for row, (a, length) in zip(row_of[j][1:], spans_of[j], strict=True)
         ]
         for layer in self.layers:
             hs = hidden[layer].float()
@@ -669,6 +682,7 @@ class TransformersActivationModel:
             "window_overlap": self.settings.window_overlap,
             "sub_window": self.settings.sub_window if self.pooling == "mean" else 0,
             "sub_window_stride": self.settings.sub_window_stride,
+            "edge_window": self.settings.edge_window if self.pooling == "mean" else 0,
             "dtype": self.dtype,
             "device": str(self._device),
             "cache_dir": str(self.settings.cache_dir or constants.cache_dir()),

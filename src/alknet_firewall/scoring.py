@@ -70,9 +70,11 @@ class ScoredBatch:
 class Scorer:
     """Applies a codebook to window features."""
 
-    def __init__(self, codebook: Codebook, *, calibrated: bool = True) -> None:
+    def __init__(self, codebook: Codebook, *, calibrated: bool = True, clip: bool = True) -> None:
         self.codebook = codebook
         self.calibrated = calibrated
+        #: False: scores are not capped at 1.0 (evaluations rank beyond p = 1e-4).
+        self.clip = clip
         cb = codebook
         self._layers = cb.layers
         self._offsets = np.cumsum([0] + [cb.layer_stats[x].mean.shape[0] for x in cb.layers])
@@ -115,9 +117,7 @@ class Scorer:
             proj = C @ st.basis.T.astype(np.float64)
             z = proj / st.singular
             k = z.shape[1]
-            pc = np.stack(
-                [cb.spline(f"component.{layer}.{i}").two_sided(z[:, i]) for i in range(k)], axis=1
-            )
+            pc = cb.components(layer).two_sided(z)
             fisher = -2.0 * np.log(pc).sum(1)
             p_f = self._chi2.sf(fisher, 2 * k)
             resid = np.maximum((C * C).sum(1) - (proj * proj).sum(1), 0.0) / C.shape[1]
@@ -140,7 +140,9 @@ class Scorer:
         per_window: dict[str, np.ndarray] = {}
         for name, values in raw.items():
             key = "anomaly" if name == "anomaly" else f"signal.{name}"
-            per_window[name] = surprise(cb.spline(key).sf(values)) if self.calibrated else values
+            per_window[name] = (
+                surprise(cb.spline(key).sf(values), clip=self.clip) if self.calibrated else values
+            )
         best = {
             name: _max_per_text(v, feats.text_index, feats.n_texts)
             for name, v in per_window.items()
@@ -171,12 +173,7 @@ class Scorer:
                 for x in self._layers:
                     st = cb.layer_stats[x]
                     z = ((feats.features[x][j] - st.mean) @ st.basis.T) / st.singular
-                    p = np.array(
-                        [
-                            cb.spline(f"component.{x}.{i}").two_sided(np.array([z[i]]))[0]
-                            for i in range(len(z))
-                        ]
-                    )
+                    p = cb.components(x).two_sided(z[None, :])[0]
                     if p.min() < best_p:
                         best_layer, best_p, best_idx = x, float(p.min()), np.argsort(p)[:3]
                         zz = z
