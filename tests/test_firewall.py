@@ -82,6 +82,24 @@ def test_attack_blocked_benign_allowed_and_verdict_explains(codebook: Any) -> No
     assert all(v.isascii() for v in h.values())
 
 
+def test_verdicts_match_the_documented_json_schema(codebook: Any) -> None:
+    jsonschema = pytest.importorskip("jsonschema")
+    from pathlib import Path
+
+    schema = json.loads(
+        (Path(__file__).parent.parent / "docs" / "verdict.schema.json").read_text()
+    )
+    fw, model = make(codebook)
+    with fw:
+        verdicts = [fw.screen(benign_text(3)), fw.screen(attack_text(3))]
+        model.fail = RuntimeError("boom")
+        verdicts.append(fw.screen(benign_text(4)))
+    for v in verdicts:
+        jsonschema.validate(json.loads(v.to_json()), schema)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({**verdicts[0].to_dict(), "action": "maybe"}, schema)
+
+
 def test_system_prompt_is_not_screened_but_tool_results_are(codebook: Any) -> None:
     fw, _ = make(codebook)
     with fw:
