@@ -86,9 +86,7 @@ def test_verdicts_match_the_documented_json_schema(codebook: Any) -> None:
     jsonschema = pytest.importorskip("jsonschema")
     from pathlib import Path
 
-    schema = json.loads(
-        (Path(__file__).parent.parent / "docs" / "verdict.schema.json").read_text()
-    )
+    schema = json.loads((Path(__file__).parent.parent / "docs" / "verdict.schema.json").read_text())
     fw, model = make(codebook)
     with fw:
         verdicts = [fw.screen(benign_text(3)), fw.screen(attack_text(3))]

@@ -176,7 +176,9 @@ def test_local_source(embedded_dir: Path, embedded_location, layer2_model) -> No
     from alknet_firewall.model import load_model
 
     m = load_model(
-        ModelSettings(source="local", local_path=embedded_dir, layers=(2,), dtype="float32")
+        ModelSettings(
+            source="local", local_path=embedded_dir, layers=(2,), dtype="float32", pool_suffix=False
+        )
     )
     assert m.revision == "local"
     assert m.name == embedded_dir.name

@@ -221,28 +221,21 @@ def cmd_codebook_build(args: argparse.Namespace) -> int:
 
 def cmd_codebook_calibrate(args: argparse.Namespace) -> int:
     from .codebook import calibrate, load_codebook
-    from .corpus import extract, files_digest
+    from .corpus import extract, files_digest, iter_jsonl
     from .model import load_model
 
     texts: list[str] = []
     for path in args.inputs:
-        with open(path, encoding="utf-8") as fh:
-            for n, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise BadInputError(f"{path}:{n}: invalid JSON: {exc}") from None
-                if isinstance(obj, dict) and obj.get("label", 0) != 0:
-                    continue  # labelled attacks never enter a benign calibration
-                data = _input_of(obj)
-                if isinstance(data, str):
-                    texts.append(data)
-                else:
-                    from .firewall import extract_texts
+        for _, obj in iter_jsonl(path):
+            if isinstance(obj, dict) and obj.get("label", 0) != 0:
+                continue  # labelled attacks never enter a benign calibration
+            data = _input_of(obj)
+            if isinstance(data, str):
+                texts.append(data)
+            else:
+                from .firewall import extract_texts
 
-                    texts.extend(t for _, t in extract_texts(data, ("user", "tool", "function"))[0])
+                texts.extend(t for _, t in extract_texts(data, ("user", "tool", "function"))[0])
     settings = _settings(args)
     cb = load_codebook(args.codebook or settings.detection.codebook)
     ms = settings.model.model_copy(update={"layers": tuple(cb.layers)})

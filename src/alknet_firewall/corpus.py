@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +34,18 @@ class Record:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+def iter_jsonl(path: str | Path) -> Iterator[tuple[int, Any]]:
+    """(line number, parsed object) for every non-blank line; bad JSON names file and line."""
+    with open(path, encoding="utf-8") as fh:
+        for n, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                yield n, json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise BadInputError(f"{path}:{n}: invalid JSON: {exc}") from None
+
+
 def read_jsonl(paths: Iterable[str | Path]) -> list[Record]:
     """Read labelled JSONL files (a directory means every ``*.jsonl`` in it)."""
     files: list[Path] = []
@@ -44,21 +56,14 @@ def read_jsonl(paths: Iterable[str | Path]) -> list[Record]:
         raise BadInputError("no JSONL files given")
     out: list[Record] = []
     for f in files:
-        with f.open(encoding="utf-8") as fh:
-            for n, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise BadInputError(f"{f}:{n}: invalid JSON: {exc}") from None
-                text = obj.get("text")
-                if not isinstance(text, str):
-                    raise BadInputError(f"{f}:{n}: 'text' must be a string")
-                label = int(obj.get("label", 0))
-                kind = str(obj.get("kind") or ("benign" if label == 0 else "direct_injection"))
-                source = str(obj.get("source") or f.stem)
-                out.append(Record(text, label, kind, source, source))
+        for n, obj in iter_jsonl(f):
+            text = obj.get("text")
+            if not isinstance(text, str):
+                raise BadInputError(f"{f}:{n}: 'text' must be a string")
+            label = int(obj.get("label", 0))
+            kind = str(obj.get("kind") or ("benign" if label == 0 else "direct_injection"))
+            source = str(obj.get("source") or f.stem)
+            out.append(Record(text, label, kind, source, source))
     return out
 
 
