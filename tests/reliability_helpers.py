@@ -19,25 +19,11 @@ from collections.abc import Callable
 from typing import Any
 
 import psutil
+from integration_helpers import COMPLETION
 
 from alknet_firewall.config import load_settings
 from tests.fakes import FakeModel
 
-COMPLETION = {
-    "id": "chatcmpl-1",
-    "object": "chat.completion",
-    "created": 1700000000,
-    "model": "gpt-test",
-    "choices": [
-        {
-            "index": 0,
-            "message": {"role": "assistant", "content": "Paris.", "refusal": None},
-            "finish_reason": "stop",
-            "logprobs": None,
-        }
-    ],
-    "usage": {"prompt_tokens": 7, "completion_tokens": 2, "total_tokens": 9},
-}
 RATE_LIMITED = {
     "error": {
         "message": "Rate limit reached",

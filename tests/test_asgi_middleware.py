@@ -11,14 +11,13 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI, Request, WebSocket
-from hypothesis import HealthCheck, example, given, settings
 from integration_helpers import (
     ATTACK,
     BENIGN,
-    BODIES,
     FakeFirewall,
     ServerThread,
     acquire_firewall,
+    body_property_test,
     check_clean_outcome,
     release_firewall,
 )
@@ -357,15 +356,7 @@ def fake_served() -> Iterator[httpx.Client]:
         yield client
 
 
-@settings(
-    max_examples=30,
-    deadline=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
-@given(body=BODIES)
-@example(body={"messages": [{"role": "user", "tool_calls": 5}]})
-@example(body={"messages": [{"role": "tool", "content": [{"type": "text"}]}]})
-@example(body={"input": [{"type": "function_call", "arguments": {}}]})
+@body_property_test
 def test_property_any_body_gives_verdict_or_clean_4xx(fake_served: httpx.Client, body: Any) -> None:
     raw = json.dumps(body).encode()
     check_clean_outcome(_post(fake_served, "/v1/chat/completions", raw))

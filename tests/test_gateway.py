@@ -17,14 +17,14 @@ from typing import Any
 import httpx
 import openai
 import pytest
-from hypothesis import HealthCheck, example, given, settings
 from integration_helpers import (
     ATTACK,
     BENIGN,
-    BODIES,
+    COMPLETION,
     FakeFirewall,
     ServerThread,
     acquire_firewall,
+    body_property_test,
     check_clean_outcome,
     child_env,
     codebook_path,
@@ -41,21 +41,6 @@ from alknet_firewall.integrations.gateway import create_app
 
 H = "x-alknet-firewall-"
 
-COMPLETION = {
-    "id": "chatcmpl-1",
-    "object": "chat.completion",
-    "created": 1700000000,
-    "model": "gpt-test",
-    "choices": [
-        {
-            "index": 0,
-            "message": {"role": "assistant", "content": "Paris.", "refusal": None},
-            "finish_reason": "stop",
-            "logprobs": None,
-        }
-    ],
-    "usage": {"prompt_tokens": 7, "completion_tokens": 2, "total_tokens": 9},
-}
 TEXT_COMPLETION = {
     "id": "cmpl-1",
     "object": "text_completion",
@@ -484,15 +469,7 @@ def fake_gateway(upstream: FakeUpstream) -> Iterator[httpx.Client]:
         yield client
 
 
-@settings(
-    max_examples=30,
-    deadline=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
-@given(body=BODIES)
-@example(body={"messages": [{"role": "user", "tool_calls": 5}]})
-@example(body={"messages": [{"role": "tool", "content": [{"type": "text"}]}]})
-@example(body={"input": [{"type": "function_call", "arguments": {}}]})
+@body_property_test
 def test_property_gateway_any_body(fake_gateway: httpx.Client, body: Any) -> None:
     r = fake_gateway.post(
         "/v1/chat/completions",
