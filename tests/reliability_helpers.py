@@ -19,19 +19,10 @@ from collections.abc import Callable
 from typing import Any
 
 import psutil
-from integration_helpers import COMPLETION
 
 from alknet_firewall.config import load_settings
 from tests.fakes import FakeModel
-
-RATE_LIMITED = {
-    "error": {
-        "message": "Rate limit reached",
-        "type": "requests",
-        "param": None,
-        "code": "rate_limit_exceeded",
-    }
-}
+from tests.integration_helpers import COMPLETION, RATE_LIMITED
 
 
 def sse(i: int) -> bytes:

@@ -23,10 +23,10 @@ from typing import Any
 
 import httpx
 import pytest
-from integration_helpers import ATTACK, ServerThread, firewall_settings
-from reliability_helpers import RawUpstream, ResponseTimer, rss_mb
 
 from alknet_firewall.integrations.gateway import create_app
+from tests.integration_helpers import ATTACK, ServerThread, firewall_settings
+from tests.reliability_helpers import RawUpstream, ResponseTimer, rss_mb
 
 SECONDS = float(os.environ.get("ALKNET_LOAD_SECONDS", "10"))
 CLIENTS = int(os.environ.get("ALKNET_LOAD_CLIENTS", "200"))

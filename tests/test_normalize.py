@@ -16,7 +16,11 @@ import httpx
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from integration_helpers import (
+
+from alknet_firewall.integrations.asgi import FirewallMiddleware
+from alknet_firewall.integrations.gateway import create_app
+from alknet_firewall.normalize import normalize
+from tests.integration_helpers import (
     ATTACK,
     BENIGN,
     ServerThread,
@@ -24,11 +28,7 @@ from integration_helpers import (
     firewall_settings,
     release_firewall,
 )
-from reliability_helpers import EchoApp, RawUpstream
-
-from alknet_firewall.integrations.asgi import FirewallMiddleware
-from alknet_firewall.integrations.gateway import create_app
-from alknet_firewall.normalize import normalize
+from tests.reliability_helpers import EchoApp, RawUpstream
 
 ZW = "\u200b"  # zero-width space
 H = "x-alknet-firewall-"

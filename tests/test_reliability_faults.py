@@ -4,7 +4,7 @@ refusing, stalling or dropping a stream; the client going away. Every affected r
 fail-mode answer or a clean error, nothing leaks, and the next request is served.
 
 (Covered elsewhere: upstream down -> 502, upstream slow before headers -> 504, client
-disconnect closes the upstream stream — tests/test_gateway.py; pool-level faults —
+disconnect closes the upstream stream — tests/integrations/test_gateway.py; pool-level faults —
 tests/test_pool.py and tests/test_firewall.py.)
 """
 
@@ -22,8 +22,12 @@ from typing import Any
 import httpx
 import openai
 import pytest
-from integration_helpers import ServerThread, free_port
-from reliability_helpers import (
+
+from alknet_firewall.config import load_settings
+from alknet_firewall.integrations.gateway import create_app
+from tests.fakes import FakeModel, attack_text, benign_text, fit_fake_codebook
+from tests.integration_helpers import ServerThread, free_port
+from tests.reliability_helpers import (
     COMPLETION,
     LoopProbe,
     RawUpstream,
@@ -31,10 +35,6 @@ from reliability_helpers import (
     sse,
     wait_for,
 )
-
-from alknet_firewall.config import load_settings
-from alknet_firewall.integrations.gateway import create_app
-from tests.fakes import FakeModel, attack_text, benign_text, fit_fake_codebook
 
 H = "x-alknet-firewall-"
 POLICY = "x-alknet-firewall-policy"

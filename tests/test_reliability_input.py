@@ -3,8 +3,8 @@ every request gets a clean OpenAI-style error or a correct verdict — never a 5
 crash. Plus a property test of ``Firewall.screen`` itself on the model double.
 
 (Covered elsewhere, not repeated here: duplicate JSON keys, token-id prompts, chunked bodies over
-a small limit, ``on_invalid_json="pass"`` — tests/test_asgi_middleware.py; shape properties over
-HTTP — tests/test_asgi_middleware.py and tests/test_gateway.py.)
+a small limit, ``on_invalid_json="pass"`` — tests/integrations/test_asgi.py; shape properties over
+HTTP — tests/integrations/test_asgi.py and tests/integrations/test_gateway.py.)
 """
 
 from __future__ import annotations
@@ -18,7 +18,12 @@ import httpx
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
-from integration_helpers import (
+
+from alknet_firewall.errors import BadInputError
+from alknet_firewall.integrations.asgi import FirewallMiddleware
+from alknet_firewall.integrations.gateway import create_app
+from tests.fakes import FakeModel, fit_fake_codebook
+from tests.integration_helpers import (
     ATTACK,
     BENIGN,
     ServerThread,
@@ -26,12 +31,7 @@ from integration_helpers import (
     firewall_settings,
     release_firewall,
 )
-from reliability_helpers import COMPLETION, EchoApp, RawUpstream, fake_model_firewall, rss_mb
-
-from alknet_firewall.errors import BadInputError
-from alknet_firewall.integrations.asgi import FirewallMiddleware
-from alknet_firewall.integrations.gateway import create_app
-from tests.fakes import FakeModel, fit_fake_codebook
+from tests.reliability_helpers import COMPLETION, EchoApp, RawUpstream, fake_model_firewall, rss_mb
 
 H = "x-alknet-firewall-"
 JSON = "application/json"

@@ -13,7 +13,12 @@ from typing import Any
 
 import httpx
 import pytest
-from integration_helpers import (
+
+from alknet_firewall.cli import build_parser
+from alknet_firewall.config import ServerSettings, load_settings
+from alknet_firewall.integrations.gateway import _serve_settings, create_app
+from tests.fakes import FakeModel, attack_text, benign_text, fit_fake_codebook
+from tests.integration_helpers import (
     ATTACK,
     BENIGN,
     ServerThread,
@@ -22,12 +27,7 @@ from integration_helpers import (
     free_port,
     release_firewall,
 )
-from reliability_helpers import RawUpstream, fake_model_firewall
-
-from alknet_firewall.cli import build_parser
-from alknet_firewall.config import ServerSettings, load_settings
-from alknet_firewall.integrations.gateway import _serve_settings, create_app
-from tests.fakes import FakeModel, attack_text, benign_text, fit_fake_codebook
+from tests.reliability_helpers import RawUpstream, fake_model_firewall
 
 H = "x-alknet-firewall-"
 POLICY = "x-alknet-firewall-policy"

@@ -128,8 +128,13 @@ class BatchPool(Generic[T, R]):
                 job = self._queue.get_nowait()
             except queue.Empty:
                 break
-            if job is not _STOP and not job.future.done():
-                job.future.set_exception(FirewallClosedError("the firewall was closed"))
+            self._fail(job)
+
+    @staticmethod
+    def _fail(job: Any) -> None:
+        """Fail a queued job (not the stop marker) that no worker will run."""
+        if job is not _STOP and not job.future.done():
+            job.future.set_exception(FirewallClosedError("the firewall was closed"))
 
     def _put_stop(self) -> None:
         while True:
@@ -142,8 +147,7 @@ class BatchPool(Generic[T, R]):
                     job = self._queue.get_nowait()
                 except queue.Empty:
                     continue
-                if job is not _STOP and not job.future.done():
-                    job.future.set_exception(FirewallClosedError("the firewall was closed"))
+                self._fail(job)
 
     # -- submission ------------------------------------------------------------------------------
     def submit(self, item: T) -> Future[R]:

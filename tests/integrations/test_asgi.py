@@ -11,7 +11,11 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI, Request, WebSocket
-from integration_helpers import (
+from starlette.responses import PlainTextResponse, Response, StreamingResponse
+
+from alknet_firewall.errors import BadInputError
+from alknet_firewall.integrations.asgi import FirewallMiddleware, screen_input
+from tests.integration_helpers import (
     ATTACK,
     BENIGN,
     FakeFirewall,
@@ -21,10 +25,6 @@ from integration_helpers import (
     check_clean_outcome,
     release_firewall,
 )
-from starlette.responses import PlainTextResponse, Response, StreamingResponse
-
-from alknet_firewall.errors import BadInputError
-from alknet_firewall.integrations.asgi import FirewallMiddleware, screen_input
 
 H = "x-alknet-firewall-"
 

@@ -17,10 +17,17 @@ from typing import Any
 import httpx
 import openai
 import pytest
-from integration_helpers import (
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from alknet_firewall.integrations.gateway import create_app
+from tests.integration_helpers import (
     ATTACK,
     BENIGN,
     COMPLETION,
+    RATE_LIMITED,
     FakeFirewall,
     ServerThread,
     acquire_firewall,
@@ -32,12 +39,6 @@ from integration_helpers import (
     free_port,
     release_firewall,
 )
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
-from starlette.routing import Route
-
-from alknet_firewall.integrations.gateway import create_app
 
 H = "x-alknet-firewall-"
 
@@ -71,14 +72,6 @@ CHUNKS = [
     _chunk(2, {"content": "ris."}),
     _chunk(3, {}, "stop"),
 ]
-RATE_LIMITED = {
-    "error": {
-        "message": "Rate limit reached",
-        "type": "requests",
-        "param": None,
-        "code": "rate_limit_exceeded",
-    }
-}
 
 
 class FakeUpstream:
@@ -483,7 +476,7 @@ def test_property_gateway_any_body(fake_gateway: httpx.Client, body: Any) -> Non
 
 @pytest.mark.slow
 def test_openai_gateway_example_runs() -> None:
-    example = Path(__file__).parents[1] / "examples" / "openai_gateway.py"
+    example = Path(__file__).parents[2] / "examples" / "openai_gateway.py"
     proc = subprocess.run(
         [sys.executable, str(example), "--codebook", str(codebook_path())],
         env=child_env(),

@@ -25,7 +25,6 @@ import litellm
 from fastapi import HTTPException
 from litellm.proxy._types import UserAPIKeyAuth
 from litellm.types.guardrails import GuardrailEventHooks
-from litellm_helpers import MASTER_KEY, REPO, Proxy
 
 from alknet_firewall.errors import (
     BadInputError,
@@ -38,6 +37,7 @@ from alknet_firewall.errors import (
 from alknet_firewall.firewall import Verdict
 from alknet_firewall.integrations import litellm as integ
 from alknet_firewall.integrations.litellm import AlknetFirewallGuardrail
+from tests.litellm_helpers import MASTER_KEY, REPO, Proxy
 
 # litellm's own pydantic models warn about ReadOnly TypedDict items when first built.
 pytestmark = pytest.mark.filterwarnings("ignore:.*ReadOnly.*:UserWarning")

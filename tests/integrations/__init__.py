@@ -1,0 +1,1 @@
+"""Tests for alknet_firewall.integrations (one module per integration)."""
