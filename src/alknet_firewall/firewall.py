@@ -264,6 +264,10 @@ class Firewall:
         from . import metrics
 
         self._metrics = metrics.get()
+        from .recorder import Recorder
+
+        #: Recent verdicts and windowed stats, in memory (read by the operator console).
+        self.recorder = Recorder(keep_text=s.log_text, metrics=self._metrics)
         p = s.pool
         self.pool: BatchPool[tuple[str, ...], list[Scores]] = BatchPool(
             self._score_batch,
@@ -614,7 +618,7 @@ class Firewall:
             latency_ms=(time.perf_counter() - t0) * 1000.0,
         )
         text = items[best_item].text if best_item is not None else None
-        self._record(verdict, text if self.settings.log_text else None)
+        self._record(verdict, text)
         return verdict
 
     def _failure(self, exc: BaseException, name: str, pol: PolicySettings, t0: float) -> Verdict:
@@ -652,6 +656,9 @@ class Firewall:
         raise exc
 
     def _record(self, v: Verdict, text: str | None = None) -> None:
+        self.recorder.record(v, text)  # first: it snapshots the counters below per time bucket
+        if not self.settings.log_text:
+            text = None
         m = self._metrics
         m.verdicts.labels(action=v.action, level=v.level, signal=v.signal or "none").inc()
         m.latency.observe(v.latency_ms / 1000.0)
