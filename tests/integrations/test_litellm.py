@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import inspect
 import os
-import threading
-import time
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import pytest
 
@@ -215,6 +214,25 @@ def test_settings_from_params_and_config_file(tmp_path: Path) -> None:
 def test_invalid_params_fail_at_proxy_start(params: dict[str, Any], field: str) -> None:
     with pytest.raises(ConfigurationError, match=field):
         AlknetFirewallGuardrail(guardrail_name="fw", event_hook="pre_call", **params)
+
+
+def test_config_model_lists_every_guardrail_parameter() -> None:
+    """get_config_model() as LiteLLM's UI reads it: one described field per keyword."""
+    from litellm.proxy.guardrails.guardrail_endpoints import _get_fields_from_model
+    from litellm.types.proxy.guardrails.guardrail_hooks.base import GuardrailConfigModel
+
+    model = AlknetFirewallGuardrail.get_config_model()
+    assert model is not None and issubclass(model, GuardrailConfigModel)
+    params = {
+        name
+        for name, p in inspect.signature(AlknetFirewallGuardrail.__init__).parameters.items()
+        if p.kind is inspect.Parameter.KEYWORD_ONLY
+    }
+    assert params == set(integ.AlknetGuardrailConfigModel.model_fields)
+    ui = _get_fields_from_model(model)
+    assert params <= set(ui)
+    assert all(ui[name]["description"] for name in params)
+    assert model.ui_friendly_name() == "alknet-firewall"
 
 
 # --------------------------------------------------------------------------------------------
@@ -502,76 +520,7 @@ def test_firewall_that_cannot_load_follows_the_fail_mode(fail_mode: str, blocks:
 # --------------------------------------------------------------------------------------------
 # One firewall per process and settings, built off the event loop
 # --------------------------------------------------------------------------------------------
-@pytest.fixture
-def fake_firewall_class(monkeypatch: pytest.MonkeyPatch) -> Any:
-    class FakeFirewall:
-        built: ClassVar[list[Any]] = []
-        gate = threading.Event()
-        fail: BaseException | None = None
-
-        def __init__(self, settings: Any) -> None:
-            assert FakeFirewall.gate.wait(10), "test never opened the gate"
-            if FakeFirewall.fail is not None:
-                raise FakeFirewall.fail
-            self.settings = settings
-            self.closed = False
-            FakeFirewall.built.append(self)
-
-        def close(self, timeout: float = 0) -> None:
-            self.closed = True
-
-    monkeypatch.setattr(integ, "Firewall", FakeFirewall)
-    integ.close_firewalls()
-    yield FakeFirewall
-    FakeFirewall.gate.set()
-    integ.close_firewalls()
-
-
-def test_one_firewall_shared_built_in_a_thread(fake_firewall_class: Any) -> None:
-    settings = guardrail().settings()
-    other = guardrail(policy="strict", policies={"strict": {}}).settings()
-
-    async def main() -> tuple[Any, ...]:
-        first = asyncio.create_task(integ.get_firewall(settings))
-        waiters = [asyncio.create_task(integ.get_firewall(settings)) for _ in range(3)]
-        # the loop keeps running while the firewall is being built
-        t0 = time.monotonic()
-        await asyncio.sleep(0.05)
-        assert time.monotonic() - t0 < 1.0
-        assert not any(t.done() for t in [first, *waiters])
-        first.cancel()  # a cancelled request does not cancel the construction
-        fake_firewall_class.gate.set()
-        results = await asyncio.gather(*waiters)
-        again = await integ.get_firewall(settings)
-        separate = await integ.get_firewall(other)
-        return (*results, again, separate)
-
-    *shared, separate = asyncio.run(main())
-    assert len({id(fw) for fw in shared}) == 1
-    assert separate is not shared[0]
-    assert len(fake_firewall_class.built) == 2
-    integ.close_firewalls()
-    assert all(fw.closed for fw in fake_firewall_class.built)
-
-
-def test_failed_construction_is_reported_then_retried(
-    fake_firewall_class: Any, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    settings = guardrail().settings()
-    fake_firewall_class.gate.set()
-    fake_firewall_class.fail = ModelNotFoundError("no model")
-
-    async def attempt() -> Any:
-        return await integ.get_firewall(settings)
-
-    for _ in range(2):  # the failure is remembered for RETRY_BUILD_AFTER_S
-        with pytest.raises(ModelNotFoundError):
-            asyncio.run(attempt())
-    fake_firewall_class.fail = None
-    with pytest.raises(ModelNotFoundError):
-        asyncio.run(attempt())
-    monkeypatch.setattr(integ, "RETRY_BUILD_AFTER_S", 0.0)
-    assert asyncio.run(attempt()) is fake_firewall_class.built[0]
+# (the per-process firewall cache is tested in test_litellm_policy.py, without litellm)
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,86 +1,39 @@
-"""LiteLLM proxy guardrail: screens requests with alknet-firewall before (or while) they reach
-the model.
-
-In the proxy's ``config.yaml``::
-
-    guardrails:
-      - guardrail_name: alknet-firewall
-        litellm_params:
-          guardrail: alknet_firewall.integrations.litellm.AlknetFirewallGuardrail
-          mode: pre_call            # or during_call, post_call, logging_only, or a list
-          default_on: true
-          policy: default           # every other key configures the firewall (see below)
-
-LiteLLM builds the guardrail with every ``litellm_params`` key except ``guardrail``, ``mode``,
-``default_on`` and ``stream_scope`` as a keyword argument. The keys read here:
-
-``config_path``
-    alknet-firewall YAML settings file (default: ``$ALKNET_FIREWALL_CONFIG``, else defaults and
-    ``ALKNET_FIREWALL_*`` environment variables).
-``codebook``
-    Codebook file (``detection.codebook``).
-``policy``
-    Policy used when no key/team rule selects one (``default_policy``).
-``policies``
-    Policy definitions merged into the settings' ``policies`` (name -> PolicySettings fields).
-``fail_mode``, ``roles``, ``monitor``
-    Applied to every policy of this guardrail. ``monitor: true`` never blocks: a block becomes a
-    flag, and bad-input/overload errors are logged, not returned.
-``key_policies``, ``team_policies``
-    Policy by key alias or hashed key / by team id or team alias.
-``metadata_key``
-    Key and team metadata field naming a policy (default ``alknet_policy``).
-``request_policies``
-    Policies a client may pick itself with ``metadata.alknet_policy`` in the request body
-    (default: none).
-``firewall_settings``
-    Any other settings, nested as in the YAML file (``pool``, ``model``, ...).
-``response_headers``
-    Add ``x-alknet-firewall-*`` headers to responses (default true).
-
-One :class:`~alknet_firewall.firewall.Firewall` is built per process and per distinct settings,
-lazily on first use, in a thread (never on the event loop), and shared by every guardrail
-instance with the same settings.
-"""
+"""The guardrail class and its LiteLLM hooks (configuration: :mod:`.settings`)."""
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
-import copy
-import dataclasses
 import logging
-import threading
 import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from fastapi import HTTPException
 from litellm.integrations.custom_guardrail import CustomGuardrail
-from litellm.litellm_core_utils.core_helpers import get_or_create_metadata_bucket
 from litellm.types.guardrails import GuardrailEventHooks
+from litellm.types.proxy.guardrails.guardrail_hooks.base import GuardrailConfigModel
 from litellm.types.utils import CallTypes
 
-from ..config import PolicySettings, Settings, load_settings
-from ..errors import BadInputError, FirewallClosedError, FirewallError, OverloadError
-from ..firewall import Firewall, Verdict
-from . import openai_errors
+from ...config import PolicySettings, Settings
+from ...errors import BadInputError, FirewallClosedError, FirewallError, OverloadError
+from ...firewall import Firewall, Verdict
+from .. import openai_errors
+from ._shared import get_firewall
+from .policy import PolicySource
+from .policy import select_policy as _select_policy
+from .records import records, remember, status_for, worst
+from .settings import DEFAULT_METADATA_KEY, AlknetGuardrailConfigModel, build_settings
 
 if TYPE_CHECKING:  # pragma: no cover
     from litellm.caching import DualCache
     from litellm.proxy._types import UserAPIKeyAuth
     from litellm.types.utils import GenericGuardrailAPIInputs
 
+__all__ = ["PROVIDER", "AlknetFirewallConfigModel", "AlknetFirewallGuardrail"]
+
 log = logging.getLogger("alknet_firewall.litellm")
 
 #: ``guardrail_provider`` in LiteLLM's guardrail logging.
 PROVIDER = "alknet_firewall"
-#: Key and team metadata field that names a policy.
-DEFAULT_METADATA_KEY = "alknet_policy"
-#: Request metadata key under which this request's verdicts are kept for the response headers.
-VERDICTS_KEY = "alknet_firewall_verdicts"
-#: Seconds before a failed firewall construction is tried again.
-RETRY_BUILD_AFTER_S = 10.0
 
 _SUPPORTED_HOOKS = [
     GuardrailEventHooks.pre_call,
@@ -88,158 +41,11 @@ _SUPPORTED_HOOKS = [
     GuardrailEventHooks.post_call,
     GuardrailEventHooks.logging_only,
 ]
-_ACTION_RANK = {"allow": 0, "flag": 1, "block": 2}
 
 
-# --------------------------------------------------------------------------------------------
-# One firewall per process and settings
-# --------------------------------------------------------------------------------------------
-@dataclasses.dataclass
-class _Cell:
-    future: concurrent.futures.Future[Firewall]
-    failed_at: float | None = None
-
-
-_CELLS: dict[str, _Cell] = {}
-_CELLS_LOCK = threading.Lock()
-
-
-def _settings_key(settings: Settings) -> str:
-    return settings.model_dump_json()
-
-
-def _build(settings: Settings, cell: _Cell) -> None:
-    try:
-        fw = Firewall(settings)
-    except BaseException as exc:  # any failure is reported to every waiter
-        log.error("alknet-firewall could not be built: %s", exc)
-        cell.failed_at = time.monotonic()
-        cell.future.set_exception(exc)
-    else:
-        cell.future.set_result(fw)
-
-
-async def get_firewall(settings: Settings) -> Firewall:
-    """The process's firewall for ``settings``; the first call builds it in a thread.
-
-    Concurrent callers share one construction; a cancelled caller does not cancel it. A failed
-    construction is retried after :data:`RETRY_BUILD_AFTER_S` seconds.
-    """
-    key = _settings_key(settings)
-    with _CELLS_LOCK:
-        cell = _CELLS.get(key)
-        if (
-            cell is not None
-            and cell.failed_at is not None
-            and time.monotonic() - cell.failed_at >= RETRY_BUILD_AFTER_S
-        ):
-            cell = None
-        start = cell is None
-        if cell is None:
-            cell = _Cell(concurrent.futures.Future())
-            _CELLS[key] = cell
-    if start:
-        # A dedicated thread rather than the loop's executor: construction takes seconds and
-        # must finish (and be cached) even when the request that started it is cancelled.
-        threading.Thread(
-            target=_build, args=(settings, cell), name="alknet-firewall-load", daemon=True
-        ).start()
-    if cell.future.done():
-        return cell.future.result()
-    return await asyncio.shield(asyncio.wrap_future(cell.future))
-
-
-def close_firewalls(timeout: float = 30.0) -> None:
-    """Close and forget every firewall built here (tests, hot reload)."""
-    with _CELLS_LOCK:
-        cells = list(_CELLS.values())
-        _CELLS.clear()
-    for cell in cells:
-        if cell.future.done() and cell.future.exception() is None:
-            cell.future.result().close(timeout)
-
-
-def build_settings(
-    *,
-    config_path: str | None = None,
-    codebook: str | None = None,
-    policy: str | None = None,
-    policies: Mapping[str, Any] | None = None,
-    fail_mode: str | None = None,
-    roles: Sequence[str] | None = None,
-    monitor: bool | None = None,
-    firewall_settings: Mapping[str, Any] | None = None,
-) -> Settings:
-    """Firewall settings from guardrail parameters (see the module docstring).
-
-    Raises :class:`~alknet_firewall.errors.ConfigurationError` naming the invalid field.
-    """
-    overrides: dict[str, Any] = copy.deepcopy(dict(firewall_settings or {}))
-    if codebook:
-        overrides["detection"] = {**overrides.get("detection", {}), "codebook": codebook}
-    base = load_settings(config_path, **overrides)
-    if not (
-        policies or policy or fail_mode is not None or roles is not None or monitor is not None
-    ):
-        return base
-    # Policies: those of the file/defaults plus ``policies``, then the per-guardrail fields on
-    # each; loaded again so that everything is validated (and errors name the field).
-    specs: dict[str, Any] = {n: p.model_dump(mode="json") for n, p in base.policies.items()}
-    specs.update({n: dict(spec or {}) for n, spec in (policies or {}).items()})
-    update: dict[str, Any] = {}
-    if fail_mode is not None:
-        update["fail_mode"] = fail_mode
-    if roles is not None:
-        update["roles"] = [roles] if isinstance(roles, str) else list(roles)
-    if monitor is not None:
-        update["monitor"] = bool(monitor)
-    final = {**overrides, "policies": {n: {**spec, **update} for n, spec in specs.items()}}
-    if policy:
-        final["default_policy"] = policy
-    return load_settings(config_path, **final)
-
-
-# --------------------------------------------------------------------------------------------
-# Verdict records kept on the request (for headers) and in LiteLLM's guardrail logging
-# --------------------------------------------------------------------------------------------
-class _VerdictRecords(list):  # type: ignore[type-arg]
-    """A list only this module creates: a client cannot forge it through request JSON."""
-
-
-def _records(data: Mapping[str, Any]) -> list[dict[str, Any]]:
-    for key in ("metadata", "litellm_metadata"):
-        bucket = data.get(key)
-        if isinstance(bucket, Mapping):
-            recs = bucket.get(VERDICTS_KEY)
-            if isinstance(recs, _VerdictRecords):
-                return list(recs)
-    return []
-
-
-def _remember(data: dict[str, Any], record: dict[str, Any]) -> None:
-    _, bucket = get_or_create_metadata_bucket(data)
-    recs = bucket.get(VERDICTS_KEY)
-    if not isinstance(recs, _VerdictRecords):
-        recs = _VerdictRecords()
-        bucket[VERDICTS_KEY] = recs
-    recs.append(record)
-
-
-def _worst(records: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
-    best = None
-    for rec in records:
-        rank = (_ACTION_RANK.get(rec.get("action", "allow"), 0), rec.get("score", 0.0))
-        if best is None or rank > best[0]:
-            best = (rank, rec)
-    return best[1] if best else None
-
-
-def _status_for(verdict: Verdict) -> str:
-    if verdict.error_code:
-        return "guardrail_failed_to_respond"
-    return {"block": "guardrail_intervened", "flag": "guardrail_flagged"}.get(
-        verdict.action, "success"
-    )
+class AlknetFirewallConfigModel(AlknetGuardrailConfigModel, GuardrailConfigModel):  # type: ignore[misc]
+    """:class:`AlknetGuardrailConfigModel` on LiteLLM's ``GuardrailConfigModel`` base, as
+    ``get_config_model()`` returns it to the proxy's UI."""
 
 
 def _user_text_messages(texts: Sequence[str]) -> list[dict[str, str]]:
@@ -279,9 +85,6 @@ def _response_text(response: Any) -> str | None:
     return text or None
 
 
-# --------------------------------------------------------------------------------------------
-# The guardrail
-# --------------------------------------------------------------------------------------------
 class AlknetFirewallGuardrail(CustomGuardrail):
     """LiteLLM ``CustomGuardrail`` that screens chat input with alknet-firewall.
 
@@ -339,6 +142,10 @@ class AlknetFirewallGuardrail(CustomGuardrail):
     def get_supported_event_hooks(cls) -> list[GuardrailEventHooks]:
         return list(_SUPPORTED_HOOKS)
 
+    @staticmethod
+    def get_config_model() -> type[GuardrailConfigModel] | None:
+        return AlknetFirewallConfigModel
+
     # -- configuration -------------------------------------------------------------------------
     def settings(self) -> Settings:
         if self._settings is None:
@@ -368,63 +175,18 @@ class AlknetFirewallGuardrail(CustomGuardrail):
 
     def select_policy(
         self, user_api_key_dict: UserAPIKeyAuth | None, data: Mapping[str, Any] | None = None
-    ) -> tuple[str, str]:
-        """``(policy, source)`` for a request, first match wins:
-
-        key metadata, team metadata (``metadata_key``), ``key_policies`` (key alias, then
-        hashed key), ``team_policies`` (team id, then team alias), the request's
-        ``metadata.<metadata_key>`` if listed in ``request_policies``, then the default.
-        """
-        data = data or {}
-
-        def attr(name: str, stamped_name: str) -> Any:
-            # The key the proxy authenticated, or (no key object: logging_only and the
-            # apply-guardrail API) what the proxy stamped on the request's metadata.
-            if user_api_key_dict is not None:
-                return getattr(user_api_key_dict, name, None)
-            for bucket_name in ("metadata", "litellm_metadata"):
-                bucket = data.get(bucket_name)
-                if isinstance(bucket, Mapping) and bucket.get(stamped_name):
-                    return bucket[stamped_name]
-            return None
-
-        mk = self.metadata_key
-        for source, meta in (
-            ("key_metadata", attr("metadata", "user_api_key_metadata")),
-            ("team_metadata", attr("team_metadata", "user_api_key_team_metadata")),
-        ):
-            if isinstance(meta, Mapping) and isinstance(meta.get(mk), str) and meta[mk]:
-                return meta[mk], source
-        for source, table, names in (
-            (
-                "key_policies",
-                self.key_policies,
-                (
-                    attr("key_alias", "user_api_key_alias"),
-                    attr("api_key", "user_api_key_hash"),
-                    attr("token", "user_api_key_hash"),
-                ),
-            ),
-            (
-                "team_policies",
-                self.team_policies,
-                (
-                    attr("team_id", "user_api_key_team_id"),
-                    attr("team_alias", "user_api_key_team_alias"),
-                ),
-            ),
-        ):
-            for name in names:
-                if isinstance(name, str) and name in table:
-                    return table[name], source
-        if self.request_policies:
-            body_meta = data.get("metadata")
-            wanted = body_meta.get(mk) if isinstance(body_meta, Mapping) else None
-            if isinstance(wanted, str) and wanted:
-                if wanted in self.request_policies:
-                    return wanted, "request"
-                log.warning("request asked for policy %r, not in request_policies; ignored", wanted)
-        return self.settings().default_policy, "default"
+    ) -> tuple[str, PolicySource]:
+        """``(policy, source)`` for a request (:func:`.policy.select_policy` with this
+        guardrail's tables)."""
+        return _select_policy(
+            user_api_key_dict,
+            data,
+            default_policy=self.settings().default_policy,
+            metadata_key=self.metadata_key,
+            key_policies=self.key_policies,
+            team_policies=self.team_policies,
+            request_policies=self.request_policies,
+        )
 
     # -- screening -----------------------------------------------------------------------------
     def _fail_verdict(self, exc: BaseException, policy: str) -> Verdict:
@@ -466,7 +228,7 @@ class AlknetFirewallGuardrail(CustomGuardrail):
                     action="flag", level="notice", score=0.0, signals={}, policy=policy,
                     error=f"{exc.__class__.__name__}: {exc}", error_code=exc.code,
                 )  # fmt: skip
-                _remember(data, flagged.to_dict())
+                remember(data, flagged.to_dict())
                 return flagged
             reply = openai_errors.from_exception(exc)
             raise self._http_exception(reply) from None
@@ -508,12 +270,12 @@ class AlknetFirewallGuardrail(CustomGuardrail):
         t0: float,
     ) -> None:
         record = verdict.to_dict()
-        _remember(data, record)
+        remember(data, record)
         t1 = time.time()
         self.add_standard_logging_guardrail_information_to_request_data(
             guardrail_json_response={**record, "policy_source": source},
             request_data=data,
-            guardrail_status=_status_for(verdict),
+            guardrail_status=status_for(verdict),
             start_time=t0,
             end_time=t1,
             duration=t1 - t0,
@@ -614,6 +376,21 @@ class AlknetFirewallGuardrail(CustomGuardrail):
             event_type=event_type,
         )
 
+    async def _screen_request(
+        self,
+        data: dict[str, Any],
+        user_api_key_dict: UserAPIKeyAuth,
+        call_type: Any,
+        event_type: GuardrailEventHooks,
+    ) -> None:
+        """The request's messages, screened before (``pre_call``) or beside (``during_call``)
+        the model call: one path for both hooks."""
+        subject = self._request_subject(data, call_type)
+        if subject is None:
+            self._not_run(data, f"no messages to screen for {call_type}", event_type)
+            return
+        await self.screen(data, subject, user_api_key_dict, event_type)
+
     # -- LiteLLM hooks -------------------------------------------------------------------------
     async def async_pre_call_hook(
         self,
@@ -622,13 +399,7 @@ class AlknetFirewallGuardrail(CustomGuardrail):
         data: dict,
         call_type: Any,
     ) -> dict | None:
-        subject = self._request_subject(data, call_type)
-        if subject is None:
-            self._not_run(
-                data, f"no messages to screen for {call_type}", GuardrailEventHooks.pre_call
-            )
-            return None
-        await self.screen(data, subject, user_api_key_dict, GuardrailEventHooks.pre_call)
+        await self._screen_request(data, user_api_key_dict, call_type, GuardrailEventHooks.pre_call)
         return None
 
     async def async_moderation_hook(
@@ -637,14 +408,9 @@ class AlknetFirewallGuardrail(CustomGuardrail):
         user_api_key_dict: UserAPIKeyAuth,
         call_type: Any,
     ) -> None:
-        subject = self._request_subject(data, call_type)
-        if subject is None:
-            self._not_run(
-                data, f"no messages to screen for {call_type}", GuardrailEventHooks.during_call
-            )
-            return None
-        await self.screen(data, subject, user_api_key_dict, GuardrailEventHooks.during_call)
-        return None
+        await self._screen_request(
+            data, user_api_key_dict, call_type, GuardrailEventHooks.during_call
+        )
 
     async def async_post_call_success_hook(
         self,
@@ -697,9 +463,9 @@ class AlknetFirewallGuardrail(CustomGuardrail):
         failure responses). Every instance answers the same, so the merge order is moot."""
         if not self.response_headers:
             return None
-        worst = _worst(_records(data))
-        if worst is None:
+        worst_record = worst(records(data))
+        if worst_record is None:
             return None
-        headers = Verdict.from_dict(worst).headers()
-        headers["x-alknet-firewall-verdicts"] = str(len(_records(data)))
+        headers = Verdict.from_dict(worst_record).headers()
+        headers["x-alknet-firewall-verdicts"] = str(len(records(data)))
         return headers
