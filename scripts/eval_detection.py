@@ -55,7 +55,7 @@ def main() -> int:
     settings = load_settings()
     ms = settings.model
     if args.layers:
-        ms = ms.model_copy(update={"layers": tuple(int(x) for x in args.layers.split(","))})
+        ms = ms.merged(layers=tuple(int(x) for x in args.layers.split(",")))
     records = read_jsonl([args.corpus])
     if not args.no_augment:
         records += augment(records, seed=0)
@@ -161,9 +161,7 @@ def main() -> int:
     from alknet_firewall.firewall import Firewall
 
     probes = read_jsonl([Path(__file__).parent.parent / "tests" / "data" / "probes.jsonl"])
-    with Firewall(
-        settings.model_copy(update={"pool": settings.pool.model_copy(update={"warmup": False})})
-    ) as fw:
+    with Firewall(settings.merged(pool={"warmup": False})) as fw:
         verdicts = fw.screen_many([p.text for p in probes])
         thresholds = fw.thresholds(fw.settings.policy())
     pr = summarise(

@@ -69,9 +69,7 @@ def main() -> int:
     filler_text = "\n\n".join(filler)
 
     settings = load_settings()
-    settings = settings.model_copy(
-        update={"pool": settings.pool.model_copy(update={"warmup": False, "cache_size": 0})}
-    )
+    settings = settings.merged(pool={"warmup": False, "cache_size": 0})
     rows = []
     with Firewall(settings) as fw:
         for name, fn in variants(filler_text).items():

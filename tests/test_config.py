@@ -307,3 +307,78 @@ def test_policy_settings_direct_validation() -> None:
         PolicySettings(thresholds={"warning": 0.9, "critical": 0.1})
     with pytest.raises(pydantic.ValidationError):
         ModelSettings(max_tokens=16, window_overlap=16)
+
+
+# --------------------------------------------------------------------------------------------
+# Derived settings: Settings.merged validates (model_copy(update=...) does not)
+# --------------------------------------------------------------------------------------------
+def test_merged_validates_and_names_the_field() -> None:
+    s = load_settings()
+    with pytest.raises(ConfigurationError, match=r"model\.layers"):
+        s.merged(model={"layers": (0, 5, 3)})
+    with pytest.raises(ConfigurationError, match=r"pool\.workers"):
+        s.merged(pool={"workers": 0})
+    with pytest.raises(ConfigurationError, match=r"pool\.no_such_field"):
+        s.merged(pool={"no_such_field": 1})
+    with pytest.raises(ConfigurationError, match="layers"):
+        s.model.merged(layers=(0,))
+
+
+def test_merged_merges_nested_sections_field_by_field() -> None:
+    from alknet_firewall.config import PoolSettings
+
+    s = load_settings(None, pool={"queue_size": 7})
+    m = s.merged(pool={"workers": 2}, model={"layers": (8, 3, 3)})
+    assert isinstance(m.pool, PoolSettings)
+    assert (m.pool.workers, m.pool.queue_size) == (2, 7)
+    assert m.model.layers == (3, 8)  # the validator ran: sorted, deduplicated
+    assert s.pool.workers != 2 or s.pool.queue_size == 7  # the original is untouched
+    assert s.merged() is s
+    whole = s.merged(pool=PoolSettings(workers=3))  # a settings object replaces the section
+    assert (whole.pool.workers, whole.pool.queue_size) == (3, 256)
+
+
+def test_from_config_overrides_are_validated(monkeypatch: pytest.MonkeyPatch) -> None:
+    from alknet_firewall.config import PoolSettings
+    from alknet_firewall.firewall import Firewall
+
+    seen: list[Settings] = []
+    monkeypatch.setattr(Firewall, "__init__", lambda self, settings: seen.append(settings))
+    Firewall.from_config(load_settings(), pool={"workers": 2})
+    assert isinstance(seen[-1].pool, PoolSettings) and seen[-1].pool.workers == 2
+    Firewall.from_config(None, pool={"workers": 2})
+    assert isinstance(seen[-1].pool, PoolSettings) and seen[-1].pool.workers == 2
+    with pytest.raises(ConfigurationError, match=r"pool\.workers"):
+        Firewall.from_config(load_settings(), pool={"workers": "many"})
+    assert coerce_settings({"pool": {"workers": 1}}, pool={"warmup": False}).pool.workers == 1
+
+
+def test_codebook_build_rejects_invalid_layers(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``codebook build --layers 0,5,3`` used to slip past the layer validator."""
+    from alknet_firewall.cli import main
+
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text('{"text": "hello", "label": 0}\n', encoding="utf-8")
+    out = tmp_path / "cb.safetensors"
+    rc = main(["codebook", "build", "--corpus", str(corpus), "--layers", "0,5,3", "-o", str(out)])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "layers" in err and "must be >= 1" in err, err
+    assert not out.exists()
+
+
+def test_every_settings_field_is_described() -> None:
+    from pydantic import BaseModel
+
+    missing = []
+    for section, info in Settings.model_fields.items():
+        if not info.description:
+            missing.append(section)
+        ann = info.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            missing += [f"{section}.{n}" for n, f in ann.model_fields.items() if not f.description]
+    policy_fields = PolicySettings.model_fields.items()
+    missing += [f"policies.{n}" for n, f in policy_fields if not f.description]
+    assert not missing, f"fields without Field(description=...): {missing}"

@@ -52,13 +52,7 @@ def gateway() -> Iterator[tuple[str, Any, ResponseTimer]]:
     from alknet_firewall.firewall import Firewall
 
     settings = firewall_settings()
-    settings = settings.model_copy(
-        update={
-            "pool": settings.pool.model_copy(
-                update={"queue_size": QUEUE_SIZE, "warmup": True, "workers": 1}
-            )
-        }
-    )
+    settings = settings.merged(pool={"queue_size": QUEUE_SIZE, "warmup": True, "workers": 1})
     with Firewall(settings) as fw, RawUpstream() as upstream:
         server = firewall_settings(upstream=upstream.url + "/v1", upstream_timeout_s=30.0)
         timer = ResponseTimer(create_app(server, fw))

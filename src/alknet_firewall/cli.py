@@ -51,15 +51,13 @@ def _firewall(args: argparse.Namespace, *, single: bool = False) -> Any:
     from .firewall import Firewall
 
     settings = _settings(args)
-    pool = settings.pool
+    pool: dict[str, Any] = {"warmup": False}
     if single:  # one message at a time: one worker on every core is fastest
-        pool = pool.model_copy(update={"workers": 1, "threads_per_worker": os.cpu_count() or 1})
-    update: dict[str, Any] = {"pool": pool.model_copy(update={"warmup": False})}
+        pool.update(workers=1, threads_per_worker=os.cpu_count() or 1)
+    update: dict[str, Any] = {"pool": pool}
     if getattr(args, "codebook", None):
-        update["detection"] = settings.detection.model_copy(
-            update={"codebook": Path(args.codebook)}
-        )
-    return Firewall(settings.model_copy(update=update))
+        update["detection"] = {"codebook": Path(args.codebook)}
+    return Firewall(settings.merged(**update))
 
 
 def _input_of(obj: Any) -> Any:
@@ -87,6 +85,19 @@ def cmd_screen(args: argparse.Namespace) -> int:
 
 
 def cmd_scan(args: argparse.Namespace) -> int:
+    if getattr(args, "engine", "local") == "ray":
+        from .modelserver.ray_scan import scan
+
+        counts = scan(
+            args.input,
+            args.output,
+            _settings(args),
+            policy=args.policy,
+            codebook=args.codebook,
+            batch_size=args.batch,
+        )
+        sys.stderr.write(json.dumps(counts) + "\n")
+        return 0
     from tqdm import tqdm
 
     src = sys.stdin if args.input == "-" else open(args.input, encoding="utf-8")  # noqa: SIM115
@@ -99,39 +110,75 @@ def cmd_scan(args: argparse.Namespace) -> int:
     ):
         for start in range(0, len(lines), args.batch):
             chunk = lines[start : start + args.batch]
-            parsed: list[Any] = []
-            for line in chunk:
-                try:
-                    obj = json.loads(line)
-                    parsed.append((obj, _input_of(obj), None))
-                except (json.JSONDecodeError, BadInputError) as exc:
-                    parsed.append((None, None, str(exc)))
-            ok = [i for i, p in enumerate(parsed) if p[2] is None]
-            verdicts: dict[int, Any] = {}
-            if ok:
-                results = fw.screen_many_safe([parsed[i][1] for i in ok], policy=args.policy)
-                verdicts = dict(zip(ok, results, strict=True))
-            for i, line in enumerate(chunk):
-                obj, _, err = parsed[i]
-                v = verdicts.get(i)
-                if isinstance(v, BaseException):
-                    err = f"{v.__class__.__name__}: {v}"
-                    v = None
-                if err is not None:
-                    counts["error"] = counts.get("error", 0) + 1
-                    rec = {"line": start + i + 1, "error": err}
-                    if obj is not None:
-                        out.write(_splice(line, obj, "error", err) + "\n")
-                    else:
-                        out.write(json.dumps(rec) + "\n")
-                    continue
-                counts[v.action] = counts.get(v.action, 0) + 1
-                out.write(_splice(line, obj, "verdict", v.to_dict()) + "\n")
+            for i, (outcome, text) in enumerate(scan_chunk(fw, chunk, args.policy)):
+                counts[outcome] = counts.get(outcome, 0) + 1
+                out.write(scan_line(text, start + i + 1) + "\n")
             bar.update(len(chunk))
     if out is not sys.stdout:
         out.close()
-    sys.stderr.write(json.dumps({"scanned": len(lines), **counts}) + "\n")
-    return 0
+    return scan_report(counts, len(lines))
+
+
+def scan_report(counts: dict[str, int], scanned: int) -> int:
+    """Print a scan's counts (and, when screening failed for some lines, a summary of why) on
+    stderr; the exit code: 1 when any line's screening failed, else 0. Lines that are not
+    valid input (``error``) are reported but do not fail the scan."""
+    failed = {k.partition(":")[2]: n for k, n in counts.items() if k.startswith("failed:")}
+    n_failed = sum(failed.values())
+    sys.stderr.write(json.dumps({"scanned": scanned, **counts, "failed": n_failed}) + "\n")
+    if not n_failed:
+        return 0
+    codes = ", ".join(f"{k} {n}" for k, n in sorted(failed.items()))
+    sys.stderr.write(
+        f"alknet-firewall: scan: screening failed for {n_failed} of {scanned} lines ({codes}); "
+        "their output carries the fail-mode verdict with 'error': scan them again\n"
+    )
+    return 1
+
+
+def scan_chunk(fw: Any, chunk: Sequence[str], policy: str | None) -> list[tuple[str, Any]]:
+    """Screen JSONL lines together: ``(outcome, output line)`` per line, where an
+    unparseable line's output is ``{"error": ...}`` waiting for its line number
+    (:func:`scan_line`). The outcome is the verdict's action, ``error`` for a line that is not
+    valid input, or ``failed:<code>`` when screening failed (a fail-mode verdict, with its
+    ``error``; or a firewall error). The local and the Ray Data scan both use it."""
+    parsed: list[Any] = []
+    for line in chunk:
+        try:
+            obj = json.loads(line)
+            parsed.append((obj, _input_of(obj), None))
+        except (json.JSONDecodeError, BadInputError) as exc:
+            parsed.append((None, None, str(exc)))
+    ok = [i for i, p in enumerate(parsed) if p[2] is None]
+    verdicts: dict[int, Any] = {}
+    if ok:
+        results = fw.screen_many_safe([parsed[i][1] for i in ok], policy=policy)
+        verdicts = dict(zip(ok, results, strict=True))
+    out: list[tuple[str, Any]] = []
+    for i, line in enumerate(chunk):
+        obj, _, err = parsed[i]
+        v = verdicts.get(i)
+        outcome = "error"
+        if isinstance(v, BaseException):
+            err = f"{v.__class__.__name__}: {v}"
+            if not isinstance(v, BadInputError):
+                outcome = f"failed:{getattr(v, 'code', None) or type(v).__name__}"
+            v = None
+        if err is not None:
+            out.append(
+                (outcome, _splice(line, obj, "error", err) if obj is not None else {"error": err})
+            )
+            continue
+        outcome = f"failed:{v.error_code or 'error'}" if v.error is not None else v.action
+        out.append((outcome, _splice(line, obj, "verdict", v.to_dict())))
+    return out
+
+
+def scan_line(text: Any, number: int) -> str:
+    """An output line of :func:`scan_chunk`, numbered if it is a bare error record."""
+    if isinstance(text, dict):
+        return json.dumps({"line": number, **text})
+    return str(text)
 
 
 def _splice(line: str, obj: dict[str, Any], key: str, value: Any) -> str:
@@ -189,7 +236,7 @@ def cmd_codebook_build(args: argparse.Namespace) -> int:
     settings = _settings(args)
     ms = settings.model
     if args.layers:
-        ms = ms.model_copy(update={"layers": tuple(int(x) for x in args.layers.split(","))})
+        ms = ms.merged(layers=tuple(int(x) for x in args.layers.split(",")))
     records = read_jsonl(args.corpus)
     if not args.no_augment:
         records = records + augment(records, seed=args.seed)
@@ -238,7 +285,7 @@ def cmd_codebook_calibrate(args: argparse.Namespace) -> int:
                 texts.extend(t for _, t in extract_texts(data, ("user", "tool", "function"))[0])
     settings = _settings(args)
     cb = load_codebook(args.codebook or settings.detection.codebook)
-    ms = settings.model.model_copy(update={"layers": tuple(cb.layers)})
+    ms = settings.model.merged(layers=tuple(cb.layers))
     model = load_model(ms)
     cb.check_model(model.describe())
     feats = extract(model, texts)
@@ -282,6 +329,12 @@ def _add_detection(sub: Any) -> None:
     p.add_argument("--policy", default=None)
     p.add_argument("--codebook", default=None)
     p.add_argument("--batch", type=int, default=64, help="lines screened together")
+    p.add_argument(
+        "--engine",
+        choices=("local", "ray"),
+        default="local",
+        help="ray: a Ray Data actor pool over JSONL or Parquet files (extra alknet-firewall[ray])",
+    )
     p.set_defaults(func=cmd_scan)
 
     p = sub.add_parser("eval", help="evaluate on labelled JSONL files and write a report")
@@ -344,6 +397,9 @@ def build_parser() -> argparse.ArgumentParser:
     msub.add_parser("info", help="load the model and print a JSON description").set_defaults(
         func=cmd_model_info
     )
+    from .modelserver.cli import add_model_serve_command
+
+    add_model_serve_command(msub)
     for extend in _EXTENSIONS:
         extend(sub)
     return parser

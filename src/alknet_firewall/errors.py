@@ -16,6 +16,11 @@ class ConfigurationError(FirewallError, ValueError):
     code = "configuration_error"
 
 
+class UnknownPolicyError(ConfigurationError):
+    """A call named a policy the settings do not define (``code`` stays
+    ``configuration_error``: the HTTP integrations answer it with their own reply)."""
+
+
 class DependencyMissingError(FirewallError, ImportError):
     """An optional dependency (torch, transformers, ...) is not installed."""
 

@@ -290,17 +290,9 @@ class Firewall:
         path_or_settings: Settings | str | Path | Mapping[str, Any] | None = None,
         **kwargs: Any,
     ) -> Firewall:
-        """Build from a YAML path, a :class:`Settings`, a dict of overrides or the environment."""
-        if kwargs:
-            from .config import load_settings
-
-            if isinstance(path_or_settings, Settings):
-                settings = path_or_settings.model_copy(update=kwargs)
-            else:
-                settings = load_settings(path_or_settings, **kwargs)  # type: ignore[arg-type]
-        else:
-            settings = coerce_settings(path_or_settings)  # type: ignore[arg-type]
-        return cls(settings)
+        """Build from a YAML path, a :class:`Settings`, a dict of overrides or the environment,
+        with ``kwargs`` as validated overrides on top (``pool={"workers": 2}``)."""
+        return cls(coerce_settings(path_or_settings, **kwargs))
 
     def _model_settings(self) -> Any:
         """Model settings with the codebook's layers, pooling and windowing."""
@@ -311,9 +303,8 @@ class Firewall:
         for key in READING_KEYS:
             if key in meta:
                 update[key] = meta[key]
-        ms = self.settings.model.model_copy(update=update)
         # Each pool worker runs its own torch threads; the model itself sets none.
-        return ms.model_copy(update={"threads": None})
+        return self.settings.model.merged(**update, threads=None)
 
     # -- lifecycle -----------------------------------------------------------------------------
     def _worker_init(self) -> None:
@@ -482,6 +473,13 @@ class Firewall:
         self, data: ScreenInput, *, policy: str | None = None, timeout: float | None = None
     ) -> Verdict:
         """Async :meth:`screen`: waits without blocking the event loop."""
+        return await self._ascreen(data, policy, timeout, batch=False)
+
+    async def _ascreen(
+        self, data: ScreenInput, policy: str | None, timeout: float | None, *, batch: bool
+    ) -> Verdict:
+        """``batch``: the timeout counts from when a worker takes the request, not from its
+        submission, so a batch job's items never fail for waiting behind its own work."""
         t0 = time.perf_counter()
         name, pol = self._policy(policy)
         if _rough_size(data) > _OFFLOAD_CHARS:
@@ -494,7 +492,15 @@ class Firewall:
         future: concurrent.futures.Future[list[Scores]] | None = None
         try:
             results: list[Scores] = []
-            if todo:
+            if todo and batch:
+                loop = asyncio.get_running_loop()
+                started = asyncio.Event()
+                future = self.pool.submit(
+                    tuple(text for _, text, _ in todo),
+                    on_start=lambda: loop.call_soon_threadsafe(started.set),
+                )
+                results = await self._await_started(future, started, timeout)
+            elif todo:
                 future = self._submit(todo)
                 results = await asyncio.wait_for(asyncio.wrap_future(future), timeout)
         except (BadInputError, FirewallClosedError):
@@ -514,13 +520,40 @@ class Firewall:
             return self._failure(exc, name, pol, t0)
         return self._verdict(items, ignored, cached, todo, list(results), name, pol, t0)
 
+    async def _await_started(
+        self,
+        future: concurrent.futures.Future[list[Scores]],
+        started: asyncio.Event,
+        timeout: float,
+    ) -> list[Scores]:
+        """Wait for a batch item: untimed while it is queued (stuck workers are replaced
+        meanwhile, so the queue keeps moving), then at most ``timeout`` once it runs."""
+        wrapped = asyncio.wrap_future(future)
+        waiter = asyncio.ensure_future(started.wait())
+        try:
+            while not started.is_set() and not wrapped.done():
+                await asyncio.wait(
+                    {wrapped, waiter}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+                )
+                self.pool.check_stalls()
+            return await asyncio.wait_for(wrapped, timeout)
+        finally:
+            waiter.cancel()
+
     def screen_many(
         self, inputs: Sequence[ScreenInput], *, policy: str | None = None
     ) -> list[Verdict]:
-        """Screen many inputs at once (they share micro-batches). Order is kept."""
+        """Screen many inputs at once (they share micro-batches). Order is kept.
+
+        Batch rule: an input's ``pool.timeout_s`` counts from when a worker takes it, so no
+        input fails for waiting behind the others (an interactive :meth:`ascreen` counts its
+        time in the queue too).
+        """
 
         async def run() -> list[Verdict]:
-            return list(await asyncio.gather(*(self.ascreen(x, policy=policy) for x in inputs)))
+            return list(
+                await asyncio.gather(*(self._ascreen(x, policy, None, batch=True) for x in inputs))
+            )
 
         return asyncio.run(run())
 
@@ -544,7 +577,7 @@ class Firewall:
             async def one(x: ScreenInput) -> Verdict | BaseException:
                 async with sem:
                     try:
-                        return await self.ascreen(x, policy=policy)
+                        return await self._ascreen(x, policy, None, batch=True)
                     except FirewallError as exc:
                         return exc
                     finally:

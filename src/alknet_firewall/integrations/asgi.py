@@ -22,9 +22,10 @@ import inspect
 import json
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-from ..errors import BadInputError, ConfigurationError, FirewallError
+from ..errors import BadInputError, ConfigurationError, FirewallError, UnknownPolicyError
 from . import openai_errors
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -53,6 +54,10 @@ STATE_VERDICT = "alknet_firewall_verdict"
 #: ``scope["state"]`` key where a firewall is looked up when none is given (lifespan state).
 STATE_FIREWALL = "alknet_firewall"
 DEFAULT_MAX_BODY_BYTES = 10 * 1024 * 1024
+#: A body over the limit is read on and discarded up to this many times the limit before the
+#: 413 is sent, so that clients that send their whole body before reading (urllib, requests)
+#: see the 413 instead of a connection reset.
+DISCARD_FACTOR = 4
 
 
 class Screener(Protocol):
@@ -192,6 +197,12 @@ class FirewallMiddleware:
     :param on_invalid_json: ``reject`` (400) or ``pass`` (to the app, unscreened).
     :param on_non_json: a non-JSON ``Content-Type`` on a screened path: ``pass`` (to the app,
         unscreened) or ``reject`` (415) for apps that would parse it as JSON anyway.
+    :param discard_bytes: a refused body (too large, wrong type) is read and thrown away up to
+        this many bytes in all before the error is sent (default ``4 * max_body_bytes``); a
+        longer one is answered at that point and its connection closed.
+    :param body_timeout_s: the whole body must arrive within this many seconds, else 408 and
+        the connection is closed (a client trickling bytes holds nothing for long). ``None``:
+        no limit.
     """
 
     def __init__(
@@ -206,6 +217,8 @@ class FirewallMiddleware:
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
         on_invalid_json: Literal["reject", "pass"] = "reject",
         on_non_json: Literal["pass", "reject"] = "pass",
+        discard_bytes: int | None = None,
+        body_timeout_s: float | None = None,
     ) -> None:
         if not 400 <= block_status <= 499:
             raise ConfigurationError(f"block_status must be a 4xx status, not {block_status}")
@@ -215,6 +228,10 @@ class FirewallMiddleware:
             raise ConfigurationError("on_invalid_json must be 'reject' or 'pass'")
         if on_non_json not in ("reject", "pass"):
             raise ConfigurationError("on_non_json must be 'reject' or 'pass'")
+        if discard_bytes is not None and discard_bytes < 0:
+            raise ConfigurationError("discard_bytes must not be negative")
+        if body_timeout_s is not None and body_timeout_s <= 0:
+            raise ConfigurationError("body_timeout_s must be positive")
         self.app = app
         self.firewall = firewall
         self.paths = frozenset(paths)
@@ -224,6 +241,10 @@ class FirewallMiddleware:
         self.max_body_bytes = max_body_bytes
         self.on_invalid_json = on_invalid_json
         self.on_non_json = on_non_json
+        self.discard_bytes = (
+            DISCARD_FACTOR * max_body_bytes if discard_bytes is None else discard_bytes
+        )
+        self.body_timeout_s = body_timeout_s
 
     def screens(self, scope: Scope) -> bool:
         """Whether this request is one the middleware screens (before looking at the body)."""
@@ -249,6 +270,84 @@ def _header(scope: Scope, name: bytes) -> str | None:
     return None
 
 
+@dataclass(frozen=True)
+class Body:
+    """What :func:`receive_body` got: the body (``ok``) or why not."""
+
+    outcome: Literal["ok", "too_large", "timeout", "gone"]
+    data: bytes = b""
+    #: Every byte the client sent was read (so the connection can be kept).
+    complete: bool = True
+
+
+async def receive_body(
+    receive: Receive,
+    *,
+    max_bytes: int,
+    discard_bytes: int = 0,
+    timeout_s: float | None = None,
+) -> Body:
+    """Read a request body of at most ``max_bytes``.
+
+    A larger body is read on and thrown away until it ends or ``discard_bytes`` bytes in all
+    were read (``too_large``, ``complete`` telling which). The whole read, discarding
+    included, must end within ``timeout_s`` seconds (``timeout``). ``gone``: the client
+    disconnected.
+    """
+
+    async def read() -> Body:
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return Body("gone", complete=False)
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            more = message.get("more_body", False)
+            if size > max_bytes:
+                chunks.clear()
+                if not more:
+                    return Body("too_large")
+                if size > discard_bytes:
+                    return Body("too_large", complete=False)
+                continue
+            chunks.append(chunk)
+            if not more:
+                return Body("ok", b"".join(chunks))
+
+    if timeout_s is None:
+        return await read()
+    try:
+        return await asyncio.wait_for(read(), timeout_s)
+    except asyncio.TimeoutError:
+        return Body("timeout", complete=False)
+
+
+async def refuse(
+    reply: openai_errors.ErrorReply,
+    receive: Receive,
+    send: Send,
+    *,
+    discard_bytes: int,
+    timeout_s: float | None = None,
+) -> None:
+    """Send ``reply`` to a request whose body is not wanted, after reading and throwing the
+    body away (up to ``discard_bytes``, within ``timeout_s``): a client still sending when the
+    server answers and closes would see a connection reset instead of the reply. When the body
+    could not be read whole, the connection is closed after the reply."""
+    got = await receive_body(receive, max_bytes=0, discard_bytes=discard_bytes, timeout_s=timeout_s)
+    if got.outcome == "gone":
+        return
+    await (reply if got.complete else reply.closing()).send(send)
+
+
+def _expects_continue(scope: Scope) -> bool:
+    """The client waits for ``100 Continue`` before sending its body (curl does for large
+    ones): it can be answered at once, without inviting the body."""
+    return (_header(scope, b"expect") or "").strip().lower() == "100-continue"
+
+
 def _is_json(content_type: str) -> bool:
     media = content_type.partition(";")[0].strip().lower()
     return media == "application/json" or (
@@ -266,7 +365,6 @@ class _ScreeningResponder:
         self.replayed = False
         self.receive: Receive = _unattached_receive
         self.body = b""
-        self.too_large = False
         #: A message received while screening that was not a disconnect (kept for the app).
         self.pending: Message | None = None
 
@@ -275,19 +373,34 @@ class _ScreeningResponder:
         content_type = _header(scope, b"content-type")
         if content_type is not None and not _is_json(content_type):
             if mw.on_non_json == "reject":
-                await openai_errors.unsupported_media_type(content_type).send(send)
+                reply = openai_errors.unsupported_media_type(content_type)
+                await self._refuse(scope, reply, receive, send)
             else:
                 await mw.app(scope, receive, send)
             return
         length = _header(scope, b"content-length")
         if length is not None and length.strip().isdigit() and int(length) > mw.max_body_bytes:
-            await openai_errors.body_too_large(mw.max_body_bytes).send(send)
+            await self._refuse(
+                scope, openai_errors.body_too_large(mw.max_body_bytes), receive, send, int(length)
+            )
             return
-        body = await self._read_body(receive)
-        if body is None:  # client went away, or too large (answered)
-            if self.too_large:
-                await openai_errors.body_too_large(mw.max_body_bytes).send(send)
+        got = await receive_body(
+            receive,
+            max_bytes=mw.max_body_bytes,
+            discard_bytes=mw.discard_bytes,
+            timeout_s=mw.body_timeout_s,
+        )
+        if got.outcome != "ok":
+            reply = None
+            if got.outcome == "too_large":
+                reply = openai_errors.body_too_large(mw.max_body_bytes)
+            elif got.outcome == "timeout":
+                log.info("request body not received within %.1fs; 408", mw.body_timeout_s)
+                reply = openai_errors.request_timeout(mw.body_timeout_s or 0.0)
+            if reply is not None:  # not "gone"
+                await (reply if got.complete else reply.closing()).send(send)
             return
+        body = got.data
         self.body = body
         self.receive = receive
         try:
@@ -338,21 +451,29 @@ class _ScreeningResponder:
                 if not task.done():
                     task.cancel()
 
-    async def _read_body(self, receive: Receive) -> bytes | None:
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return None
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.mw.max_body_bytes:
-                self.too_large = True
-                return None
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                return b"".join(chunks)
+    async def _refuse(
+        self,
+        scope: Scope,
+        reply: openai_errors.ErrorReply,
+        receive: Receive,
+        send: Send,
+        declared: int | None = None,
+    ) -> None:
+        """Refuse before reading: discard the body first unless the client waits for
+        ``100 Continue`` or announced more than the discard bound (then answer and close)."""
+        length = _header(scope, b"content-length")
+        if declared is None and length is not None and length.strip().isdigit():
+            declared = int(length)
+        if _expects_continue(scope) or (declared is not None and declared > self.mw.discard_bytes):
+            await reply.closing().send(send)
+            return
+        await refuse(
+            reply,
+            receive,
+            send,
+            discard_bytes=self.mw.discard_bytes,
+            timeout_s=self.mw.body_timeout_s,
+        )
 
     async def _policy(self, scope: Scope) -> tuple[str | None, str]:
         pol = self.mw.policy
@@ -384,7 +505,8 @@ class _ScreeningResponder:
             name, source = await self._policy(scope)
             self.verdict = await fw.ascreen(messages, policy=name)
         except ConfigurationError as exc:
-            if source == "header":
+            if isinstance(exc, UnknownPolicyError) and source == "header":
+                # The client chose the policy: its mistake, not the operator's.
                 return openai_errors.unknown_policy(name or "")
             log.error("firewall configuration error: %s", exc)
             return openai_errors.from_exception(exc)
@@ -453,7 +575,10 @@ __all__: Sequence[str] = [
     "DEFAULT_PATHS",
     "STATE_FIREWALL",
     "STATE_VERDICT",
+    "Body",
     "FirewallMiddleware",
     "Screener",
+    "receive_body",
+    "refuse",
     "screen_input",
 ]

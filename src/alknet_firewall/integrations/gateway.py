@@ -8,9 +8,13 @@ uvicorn (``127.0.0.1:8080`` by default). Point any OpenAI client at ``http://HOS
   (``stream: true`` comes back as server-sent events, chunk by chunk, unbuffered);
 * ``GET /v1/models`` (and ``/v1/models/{id}``): forwarded;
 * ``GET /healthz``: ``{"status", "codebook", "queue_depth"}``;
-* ``GET /metrics``: Prometheus text format.
+* ``GET /console/``: the operator console and its JSON API (``docs/console.md``);
+* ``GET /metrics``: Prometheus text format (behind the client keys, or on its own port).
 
-The client's ``Authorization`` header is forwarded, or replaced by ``server.upstream_api_key``.
+Three modes (``docs/integrations/gateway.md``): *passthrough* (no ``upstream_api_key``: the
+client's ``Authorization`` goes upstream), *shared key* (``upstream_api_key`` and
+``client_keys``: clients authenticate with a gateway key, which is never forwarded; the upstream
+key replaces it) and *anonymous shared key* (loopback only unless ``allow_anonymous``).
 Upstream HTTP errors come back as they are (status, headers, body); an unreachable upstream is
 a 502 and a timeout a 504, as OpenAI-style errors.
 
@@ -33,6 +37,7 @@ from urllib.parse import quote, urlsplit
 from ..errors import ConfigurationError
 from . import openai_errors
 from .asgi import STATE_FIREWALL, FirewallMiddleware, PolicyResolver
+from .auth import RequireKey, client_keys
 
 if TYPE_CHECKING:  # pragma: no cover
     import httpx
@@ -139,7 +144,7 @@ def create_app(
     from starlette.middleware import Middleware
     from starlette.requests import Request
     from starlette.responses import JSONResponse, Response, StreamingResponse
-    from starlette.routing import Route
+    from starlette.routing import Mount, Route
 
     from ..config import coerce_settings
 
@@ -154,6 +159,20 @@ def create_app(
     if api_key:
         drop_request.add("authorization")
     requests_total, upstream_seconds = _metrics()
+    keys = client_keys(server)
+    if keys and not api_key:
+        raise ConfigurationError(
+            "server.client_keys need server.upstream_api_key: without it the gateway passes "
+            "the client's own Authorization upstream (passthrough mode), so it cannot also be "
+            "a gateway key"
+        )
+    metrics_auth = bool(keys) if server.metrics_auth is None else server.metrics_auth
+    if metrics_auth and not keys:
+        raise ConfigurationError("server.metrics_auth needs server.client_keys")
+    if api_key and not keys:
+        log.warning(
+            "no server.client_keys: whoever reaches the gateway spends server.upstream_api_key"
+        )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
@@ -274,9 +293,31 @@ def create_app(
         Route("/v1/models", proxy("/models"), methods=["GET"]),
         Route("/v1/models/{model:path}", proxy(None), methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
-        Route("/metrics", metrics, methods=["GET"]),
     ]
-    middleware = [
+    if server.metrics_port is None:  # otherwise served on its own listener (cmd_serve)
+        routes.append(Route("/metrics", metrics, methods=["GET"]))
+    # Operator console (docs/console.md): admin keys, else client keys, else loopback only.
+    from .console import gateway_console
+
+    routes.append(Mount("/console", app=gateway_console(server, firewall)))
+    middleware = []
+    if keys:
+
+        def protected(scope: Any) -> bool:
+            path = scope.get("path", "")
+            return path.startswith("/v1/") or (metrics_auth and path == "/metrics")
+
+        middleware.append(
+            Middleware(
+                RequireKey,  # type: ignore[arg-type]
+                keys=keys,
+                protect=protected,
+                body_timeout_s=server.body_timeout_s,
+                # An unauthenticated client may cost what an authenticated one may send.
+                discard_bytes=server.max_body_bytes,
+            )
+        )
+    middleware += [
         Middleware(
             FirewallMiddleware,  # type: ignore[arg-type]
             firewall=firewall,  # None: the lifespan's, from scope["state"]
@@ -288,6 +329,8 @@ def create_app(
             on_invalid_json="reject",
             # The upstream may parse any body as JSON: never forward one unscreened.
             on_non_json="reject",
+            discard_bytes=server.discard_body_bytes,
+            body_timeout_s=server.body_timeout_s,
         )
     ]
     return Starlette(routes=routes, middleware=middleware, lifespan=lifespan)
@@ -341,14 +384,59 @@ def _serve_settings(args: argparse.Namespace) -> Settings:
         for k in ("upstream", "host", "port")
         if getattr(args, k, None) is not None
     }
-    update: dict[str, Any] = {"server": settings.server.model_copy(update=server)}
+    update: dict[str, Any] = {"server": server}
     if getattr(args, "codebook", None):
-        update["detection"] = settings.detection.model_copy(
-            update={"codebook": Path(args.codebook)}
-        )
-    settings = settings.model_copy(update=update)
+        update["detection"] = {"codebook": Path(args.codebook)}
+    settings = settings.merged(**update)
     check_upstream(settings.server.upstream)
+    check_exposure(settings.server)
     return settings
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_exposure(server: Any) -> None:
+    """Refuse an open relay: an upstream key, no client keys, a non-loopback host."""
+    if not server.upstream_api_key or server.allow_anonymous or _is_loopback(server.host):
+        return
+    if client_keys(server):
+        return
+    raise ConfigurationError(
+        f"refusing to serve on {server.host}: server.upstream_api_key is set and no "
+        "server.client_keys are configured, so anyone who reaches the gateway would spend that "
+        "key. Set server.client_keys (or server.client_keys_file), bind 127.0.0.1, or set "
+        "server.allow_anonymous: true if another layer authenticates clients"
+    )
+
+
+def _mode(server: Any) -> str:
+    if not server.upstream_api_key:
+        return "passthrough: clients' own keys go upstream"
+    n = len(client_keys(server))
+    return f"{n} client key(s)" if n else "anonymous: no client keys"
+
+
+def _start_metrics(server: Any, fw: Any) -> Any:
+    """``/metrics`` on its own listener (``server.metrics_port``): a prometheus_client thread."""
+    from prometheus_client import start_http_server
+
+    from .. import metrics as fw_metrics
+
+    _metrics()  # register the gateway's own metrics
+    pool = getattr(fw, "pool", None)
+    if pool is not None:
+        fw_metrics.get().queue_depth.set_function(pool.queue_depth)
+    started = start_http_server(server.metrics_port, addr=server.metrics_host)
+    return started[0] if isinstance(started, tuple) else None
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -356,26 +444,33 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     for module in ("starlette", "uvicorn", "httpx"):
         require(module, "server")
-    import uvicorn
-
     from ..firewall import Firewall
+    from .serving import serve
 
     settings = _serve_settings(args)
     s = settings.server
     # Built before serving so that a bad model or codebook fails here, with a clear message.
     with Firewall(settings) as fw:
         app = create_app(settings, fw)
+        metrics_server = _start_metrics(s, fw) if s.metrics_port is not None else None
+        where = f", metrics on {s.metrics_host}:{s.metrics_port}" if metrics_server else ""
         sys.stderr.write(
             f"alknet-firewall gateway on http://{s.host}:{s.port}/v1 -> {s.upstream} "
-            f"(codebook {fw.codebook.id}, policy {settings.default_policy!r})\n"
+            f"(codebook {fw.codebook.id}, policy {settings.default_policy!r}, "
+            f"{_mode(s)}{where})\n"
         )
         sys.stderr.flush()
-        uvicorn.run(
-            app,
-            host=s.host,
-            port=s.port,
-            log_level=args.log_level,
-            lifespan="on",
-            timeout_graceful_shutdown=10,
-        )
-    return 0
+        try:
+            code = serve(
+                app,
+                host=s.host,
+                port=s.port,
+                log_level=args.log_level,
+                keepalive_s=s.keepalive_s,
+                limit_concurrency=s.limit_concurrency,
+                grace_s=s.shutdown_grace_s,
+            )
+        finally:
+            if metrics_server is not None:
+                metrics_server.shutdown()
+    return code

@@ -1,0 +1,35 @@
+"""``docs/configuration.md``'s settings tables are generated from the fields' descriptions."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from types import ModuleType
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _generator() -> ModuleType:
+    path = ROOT / "scripts" / "gen_config_docs.py"
+    spec = importlib.util.spec_from_file_location("gen_config_docs", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_configuration_reference_is_up_to_date() -> None:
+    gen = _generator()
+    current = gen.DOC.read_text(encoding="utf-8")
+    assert gen.update(current) == current, (
+        "docs/configuration.md is out of date: run `.venv/bin/python scripts/gen_config_docs.py`"
+    )
+
+
+def test_reference_lists_every_field() -> None:
+    from alknet_firewall.config import PolicySettings, PoolSettings, Settings
+
+    text = _generator().render()
+    for name in (*PoolSettings.model_fields, *PolicySettings.model_fields, *Settings.model_fields):
+        assert f"`{name}" in text, name
+    assert "CPU count" in text  # machine-dependent defaults are named, not printed
