@@ -34,6 +34,8 @@ class _Job(Generic[T, R]):
     cost: int
     future: Future[R]
     enqueued: float = field(default_factory=time.perf_counter)
+    #: Called (on the worker thread) when a worker starts running the job.
+    on_start: Callable[[], None] | None = None
 
 
 @dataclass
@@ -150,13 +152,15 @@ class BatchPool(Generic[T, R]):
                 self._fail(job)
 
     # -- submission ------------------------------------------------------------------------------
-    def submit(self, item: T) -> Future[R]:
+    def submit(self, item: T, on_start: Callable[[], None] | None = None) -> Future[R]:
+        """Queue ``item``; ``on_start`` is called on the worker thread when a worker takes it
+        (callers that time the work, not the wait, start their clock there)."""
         if self._closed:
             raise FirewallClosedError("the firewall is closed; create a new one")
         if not self._started:
             self.start()
         self._check_stalls()
-        job: _Job[T, R] = _Job(item, max(1, int(self._cost(item))), Future())
+        job: _Job[T, R] = _Job(item, max(1, int(self._cost(item))), Future(), on_start=on_start)
         try:
             self._queue.put_nowait(job)
         except queue.Full:
@@ -174,6 +178,10 @@ class BatchPool(Generic[T, R]):
     def stats(self) -> PoolStats:
         with self._lock:
             return PoolStats(**vars(self._stats))
+
+    def check_stalls(self) -> None:
+        """Replace stuck workers now (also done on every submission)."""
+        self._check_stalls()
 
     def _check_stalls(self) -> None:
         """Replace workers stuck in one batch for longer than ``stall_after_s``."""
@@ -228,6 +236,12 @@ class BatchPool(Generic[T, R]):
                 batch.append(nxt)
                 cost += nxt.cost
             live = [j for j in batch if j.future.set_running_or_notify_cancel()]
+            for j in live:
+                if j.on_start is not None:
+                    try:
+                        j.on_start()
+                    except Exception:  # e.g. the caller's event loop is gone
+                        log.debug("on_start callback failed", exc_info=True)
             if live:
                 with self._lock:
                     self._busy_since[ident] = time.perf_counter()

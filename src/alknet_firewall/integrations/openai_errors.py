@@ -17,6 +17,9 @@ fail-closed verdict (screening error)  503     the verdict's ``error_code``
 :class:`OverloadError`                 429     ``overloaded`` (with ``Retry-After``)
 :class:`FirewallClosedError`           503     ``firewall_closed``
 invalid JSON body                      400     ``invalid_json``
+missing or unknown client key          401     ``invalid_api_key``
+body not received in time              408     ``request_timeout``
+server shutting down                   503     ``shutting_down``
 upstream unreachable / refused         502     ``upstream_unreachable``
 upstream timeout                       504     ``upstream_timeout``
 =====================================  ======  ===========================================
@@ -31,7 +34,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Awaitable, Callable, MutableMapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from ..errors import (
@@ -79,6 +82,11 @@ class ErrorReply:
             (k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in self.headers.items()
         )
         return raw
+
+    def closing(self) -> ErrorReply:
+        """This reply with ``Connection: close``: the server ends the connection after it (a
+        body that was not read whole, a slow client)."""
+        return replace(self, headers={**self.headers, "connection": "close"})
 
     async def send(self, send: ASGISend) -> None:
         """Send this error as a complete ASGI HTTP response."""
@@ -228,3 +236,30 @@ def upstream_timeout(timeout_s: float) -> ErrorReply:
         code="upstream_timeout",
     )
     return ErrorReply(504, body)
+
+
+def unauthorized() -> ErrorReply:
+    """401 as OpenAI answers a missing or wrong key (the key itself is never echoed)."""
+    body = error_body(
+        "Missing or invalid API key for this gateway: send 'Authorization: Bearer <key>' "
+        "with a key the gateway's operator gave you.",
+        type=INVALID_REQUEST,
+        code="invalid_api_key",
+    )
+    return ErrorReply(401, body, {"www-authenticate": 'Bearer realm="alknet-firewall"'})
+
+
+def request_timeout(timeout_s: float) -> ErrorReply:
+    return invalid_request(
+        f"The request body was not received within {timeout_s:g} s.", "request_timeout", 408
+    )
+
+
+def shutting_down() -> ErrorReply:
+    body = error_body(
+        "The gateway is shutting down; the request was not forwarded. Retry on another "
+        "instance or later.",
+        type=SERVER_ERROR,
+        code="shutting_down",
+    )
+    return ErrorReply(503, body, {"retry-after": "1"})
