@@ -49,10 +49,26 @@ class PoolStats:
     failed_batches: int = 0
     replaced_workers: int = 0
     max_batch_items: int = 0
+    #: Batches run with ``burst_threads`` (a lone request given every core).
+    burst_batches: int = 0
 
     @property
     def mean_batch_size(self) -> float:
         return self.items / self.batches if self.batches else 0.0
+
+
+def batch_threads(
+    *, queue_depth: int, others_busy: int, threads: int, burst_threads: int | None
+) -> int:
+    """Intra-op threads for the batch a worker is about to run.
+
+    A lone request — nothing queued behind it and every other worker idle — may use every core
+    (``burst_threads``); as soon as there is other work each worker keeps to ``threads`` (one
+    core each by default), which is what maximises throughput under load.
+    """
+    if burst_threads and burst_threads > threads and queue_depth == 0 and others_busy == 0:
+        return burst_threads
+    return threads
 
 
 class BatchPool(Generic[T, R]):
@@ -71,8 +87,16 @@ class BatchPool(Generic[T, R]):
         stall_after_s: float | None = None,
         name: str = "alknet-pool",
         on_batch: Callable[[int, int, float], None] | None = None,
+        threads: int = 1,
+        burst_threads: int | None = None,
+        set_threads: Callable[[int], None] | None = None,
     ) -> None:
         self._fn = fn
+        #: Per-batch thread count: ``set_threads(n)`` runs on the worker thread before a batch
+        #: whenever :func:`batch_threads` asks for another count than the worker has.
+        self._threads_each = max(1, threads)
+        self._burst = burst_threads
+        self._set_threads = set_threads
         self._workers_wanted = workers
         self._max_cost = max(1, max_batch_cost)
         self._max_wait = max_wait_ms / 1000.0
@@ -212,6 +236,7 @@ class BatchPool(Generic[T, R]):
             except Exception:  # pragma: no cover - logged, the worker still serves
                 log.exception("worker initialisation failed")
         ident = threading.get_ident()
+        current_threads = self._threads_each
         while True:
             first = self._queue.get()
             if first is _STOP:
@@ -245,6 +270,20 @@ class BatchPool(Generic[T, R]):
             if live:
                 with self._lock:
                     self._busy_since[ident] = time.perf_counter()
+                    want = batch_threads(
+                        queue_depth=self._queue.qsize(),
+                        others_busy=len(self._busy_since) - 1,
+                        threads=self._threads_each,
+                        burst_threads=self._burst,
+                    )
+                    if want != self._threads_each and self._set_threads is not None:
+                        self._stats.burst_batches += 1
+                if self._set_threads is not None and want != current_threads:
+                    try:
+                        self._set_threads(want)
+                        current_threads = want
+                    except Exception:  # pragma: no cover - the batch still runs
+                        log.debug("set_threads(%d) failed", want, exc_info=True)
                 self._execute(live)
                 with self._lock:
                     self._busy_since.pop(ident, None)
