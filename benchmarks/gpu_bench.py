@@ -2,9 +2,10 @@
 """GPU forward-pass benchmark: SmolLM2-135M (first 8 layers, what the firewall runs) against the
 DeBERTa-v3-xsmall and -base architectures of Prompt Guard 2 22M / ProtectAI v2 / LLM Guard.
 
-Self-contained: needs only torch and transformers (5.x), no network, no weights, no gguf, no
-alknet_firewall. Every model is built from its config with random weights, so the numbers are
-latency and throughput only (never accuracy).
+Self-contained: needs only torch and transformers (5.x) and ``archs.py`` beside it (the model
+configs, shared with the CPU harness), no network, no weights, no gguf, no alknet_firewall.
+Every model is built from its config with random weights, so the numbers are latency and
+throughput only (never accuracy).
 
     python benchmarks/gpu_bench.py              # on a CUDA machine, < 4 minutes
     python benchmarks/gpu_bench.py --quick      # smoke test on the CPU (tiny counts)
@@ -42,55 +43,23 @@ def log(msg: str) -> None:
 # --------------------------------------------------------------------------------------------
 # Models (random weights)
 # --------------------------------------------------------------------------------------------
-def smollm2_config(layers: int = 8) -> Any:
-    """SmolLM2-135M, truncated to its first ``layers`` layers (the codebook reads layer 8)."""
-    from transformers import LlamaConfig
+def _load_archs() -> Any:
+    """``archs.py`` beside this file, loaded by path (this script needs no package on the path;
+    archs.py imports only transformers)."""
+    import importlib.util
 
-    kw: dict[str, Any] = {
-        "vocab_size": 49152,
-        "hidden_size": 576,
-        "intermediate_size": 1536,
-        "num_hidden_layers": layers,
-        "num_attention_heads": 9,
-        "num_key_value_heads": 3,
-        "max_position_embeddings": 8192,
-        "rms_norm_eps": 1e-5,
-        "hidden_act": "silu",
-        "tie_word_embeddings": True,
-    }
-    try:
-        cfg = LlamaConfig(rope_theta=100000.0, **kw)
-    except TypeError:  # a transformers version that only takes rope_parameters
-        cfg = LlamaConfig(rope_parameters={"rope_type": "default", "rope_theta": 100000.0}, **kw)
-    return cfg
+    path = Path(__file__).resolve().with_name("archs.py")
+    spec = importlib.util.spec_from_file_location("_alknet_bench_archs", path)
+    assert spec is not None and spec.loader is not None, f"{path} is missing"
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
-DEBERTA = {
-    "xsmall": {"hidden_size": 384, "num_attention_heads": 6, "intermediate_size": 1536},
-    "base": {"hidden_size": 768, "num_attention_heads": 12, "intermediate_size": 3072},
-}
-
-
-def deberta_config(size: str) -> Any:
-    from transformers import DebertaV2Config
-
-    return DebertaV2Config(
-        vocab_size=128100,
-        num_hidden_layers=12,
-        max_position_embeddings=512,
-        relative_attention=True,
-        position_buckets=256,
-        pos_att_type=["p2c", "c2p"],
-        norm_rel_ebd="layer_norm",
-        share_att_key=True,
-        position_biased_input=False,
-        max_relative_positions=-1,
-        type_vocab_size=0,
-        hidden_act="gelu",
-        layer_norm_eps=1e-7,
-        num_labels=2,
-        **DEBERTA[size],
-    )
+_archs = _load_archs()
+#: The architectures, defined once in archs.py (shared with the CPU harness).
+smollm2_config = _archs.smollm2_config
+deberta_config = _archs.deberta_config
 
 
 def build(name: str, device: Any, dtype: Any, smollm_layers: int) -> tuple[Any, int]:

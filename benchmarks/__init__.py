@@ -1,0 +1,1 @@
+"""The benchmark harness (``python benchmarks/run.py`` or ``python -m benchmarks.run``)."""
