@@ -13,13 +13,15 @@ web framework; :func:`console_app` imports Starlette.
 
 from __future__ import annotations
 
-from .app import Authorizer, console_app, recent, screen, stats
+from .app import Authorizer, console_app, gateway_authorizer, gateway_console, recent, screen, stats
 from .highlight import char_span, highlight, token_offsets
 
 __all__ = [
     "Authorizer",
     "char_span",
     "console_app",
+    "gateway_authorizer",
+    "gateway_console",
     "highlight",
     "recent",
     "screen",

@@ -53,6 +53,7 @@ MAX_RECENT = 1000
 _STATIC_TYPES = {
     "console.css": "text/css; charset=utf-8",
     "console.js": "text/javascript; charset=utf-8",
+    "favicon.svg": "image/svg+xml",
 }
 _SECURITY_HEADERS = {
     "content-security-policy": (
@@ -60,7 +61,7 @@ _SECURITY_HEADERS = {
         "connect-src 'self'; form-action 'self'; base-uri 'self'; frame-ancestors 'none'"
     ),
     "x-content-type-options": "nosniff",
-    "referrer-policy": "no-referrer",
+    "referrer-policy": "same-origin",
     "cache-control": "no-store",
 }
 
@@ -273,10 +274,14 @@ def console_app(
         return HTMLResponse(body, status, headers=_SECURITY_HEADERS)
 
     def same_origin(request: Request) -> bool:
-        """POSTs from a browser carry Origin: refuse other sites (the cookie is SameSite too)."""
+        """Refuse POSTs another site's page makes (the session cookie is SameSite=Strict too):
+        browsers say where a request comes from (Sec-Fetch-Site, else Origin); scripts don't."""
+        site = request.headers.get("sec-fetch-site")
+        if site is not None:
+            return site in ("same-origin", "none")
         origin = request.headers.get("origin")
-        if not origin or origin == "null":
-            return origin is None
+        if origin is None:
+            return True
         return urlsplit(origin).netloc == request.headers.get("host", "")
 
     def firewall_or_503(request: Request) -> Firewall | Response:
@@ -405,6 +410,32 @@ def console_app(
         Route("/api/screen", api_screen, methods=["POST"]),
     ]
     return Starlette(routes=routes)
+
+
+def gateway_authorizer(server: Any) -> Authorizer:
+    """The gateway's rule: a key of ``server.admin_keys`` (else of the client keys); with no
+    keys configured at all, loopback clients only."""
+    from ..auth import admin_keys
+
+    keys = admin_keys(server)
+    if keys:
+        return lambda request: keys.allows(request.scope)
+    return _loopback_only
+
+
+def _loopback_only(request: Request) -> bool:
+    import ipaddress
+
+    host = request.client.host if request.client else ""
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def gateway_console(server: Any, firewall: Firewall | None = None) -> Starlette:
+    """The console as the gateway mounts it at ``/console`` (:func:`gateway_authorizer`)."""
+    return console_app(firewall, authorize=gateway_authorizer(server))
 
 
 def _attr(value: str) -> str:

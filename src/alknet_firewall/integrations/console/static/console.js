@@ -27,6 +27,7 @@
 
   const fmt = (v, digits) =>
     v === null || v === undefined ? "–" : typeof v === "number" && digits !== undefined ? v.toFixed(digits) : String(v);
+  const ms = (v) => (v === null || v === undefined ? "–" : v >= 100 ? Math.round(v).toString() : v.toFixed(1));
   const count = (obj, key) => (obj && obj[key]) || 0;
   const sum = (obj) => Object.values(obj || {}).reduce((a, b) => a + b, 0);
 
@@ -91,9 +92,9 @@
     $("c-verdicts-sub").textContent = `${w1.verdicts} in the last hour · ${tot.verdicts} since start`;
     $("c-blocked").textContent = count(w5.by_action, "block");
     $("c-blocked-sub").textContent = `${count(w5.by_action, "flag")} flagged · ${count(w1.by_action, "block")} blocked in 1 h`;
-    $("c-latency").textContent = w5.latency_ms.p50 === null ? "–" : `${fmt(w5.latency_ms.p50, 1)} / ${fmt(w5.latency_ms.p99, 1)}`;
+    $("c-latency").textContent = w5.latency_ms.p50 === null ? "–" : `${ms(w5.latency_ms.p50)} / ${ms(w5.latency_ms.p99)}`;
     $("c-latency-sub").textContent = w5.latency_ms.p50 === null ? "ms · no verdicts yet" :
-      `ms · 1 h: ${fmt(w1.latency_ms.p50, 1)} / ${fmt(w1.latency_ms.p99, 1)}`;
+      `ms · 1 h: ${ms(w1.latency_ms.p50)} / ${ms(w1.latency_ms.p99)} · ${w5.latency_ms.count} screened`;
     $("c-queue").textContent = s.queue_depth;
     $("c-queue-sub").textContent = `${s.pool.workers} worker(s) · queue ${s.pool.queue_size} · rejected ${s.pool.rejected}`;
     $("c-batch").textContent = w5.mean_batch_size === null ? "–" : fmt(w5.mean_batch_size, 2);
@@ -232,8 +233,11 @@
       return;
     }
     const quiet = result.verdict.level === "clear";
-    const mark = el("mark", { id: "try-mark", class: quiet ? "quiet" : null, title: "the window that drove the score" }, text.slice(span.start, span.end));
-    out.append(text.slice(0, span.start), mark, text.slice(span.end));
+    let start = span.start; // a token's leading space is not worth marking
+    while (start < span.end && /\s/.test(text[start])) start++;
+    const mark = el("mark", { id: "try-mark", class: quiet ? "quiet" : null, title: "the window that drove the score" }, text.slice(start, span.end));
+    out.append(text.slice(0, start), mark, text.slice(span.end));
+    out.scrollTop = Math.max(0, mark.offsetTop - 24); // the span in view, a little context above
   }
 
   async function onScreen(ev) {
