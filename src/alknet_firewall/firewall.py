@@ -547,13 +547,19 @@ class Firewall:
 
         Batch rule: an input's ``pool.timeout_s`` counts from when a worker takes it, so no
         input fails for waiting behind the others (an interactive :meth:`ascreen` counts its
-        time in the queue too).
+        time in the queue too); submissions are paced to the queue (at most half of
+        ``pool.queue_size`` in flight), so a long batch never overloads the pool either.
         """
+        limit = max(1, self.settings.pool.queue_size // 2)
 
         async def run() -> list[Verdict]:
-            return list(
-                await asyncio.gather(*(self._ascreen(x, policy, None, batch=True) for x in inputs))
-            )
+            sem = asyncio.Semaphore(limit)
+
+            async def one(x: ScreenInput) -> Verdict:
+                async with sem:
+                    return await self._ascreen(x, policy, None, batch=True)
+
+            return list(await asyncio.gather(*(one(x) for x in inputs)))
 
         return asyncio.run(run())
 
