@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from alknet_firewall.codebook import CodebookBuilder, _subset
+from alknet_firewall.codebook import CodebookBuilder
 from alknet_firewall.config import load_settings
 from alknet_firewall.corpus import augment, cached_extract, read_jsonl
 from alknet_firewall.evaluation import summarise, write_report
@@ -84,13 +84,13 @@ def main() -> int:
             doc_sources, attack_src + benign_src
         )
         b = CodebookBuilder(k=args.k, C=args.C).fit(
-            _subset(feats, ~held), kinds[~held], groups=groups[~held], metadata={"model": info}
+            feats.subset(~held), kinds[~held], groups=groups[~held], metadata={"model": info}
         )
         cb = b.codebook_
         test = np.isin(groups, attack_src + benign_src) & ~augmented
         # Unclipped scores keep attacks beyond p = 1e-4 apart for ranking; levels are the same
         # as with clipped scores (every threshold is at most 1.0).
-        batch = Scorer(cb, clip=False).score_features(_subset(feats, test))
+        batch = Scorer(cb, clip=False).score_features(feats.subset(test))
         idx = np.flatnonzero(test)
         for i, sc in zip(idx, batch.texts, strict=True):
             scores[i] = max(sc.signals.values())

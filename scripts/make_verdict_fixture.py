@@ -13,7 +13,7 @@ The sample is deterministic: from each ``*.jsonl`` file of the corpus, by sorted
 (every file's first pick, then every file's second, ...) until ``SAMPLE`` texts.
 
 Every text is screened on its own (no batching across texts, one worker with one thread, no
-cache) with the default settings otherwise.
+cache), in the codebook's calibration dtype, with the default settings otherwise.
 
 When the detection changes on purpose (a rebuilt default codebook), regenerate the fixture:
 
@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from alknet_firewall.codebook import load_codebook
 from alknet_firewall.config import load_settings
 from alknet_firewall.corpus import iter_jsonl
 from alknet_firewall.firewall import Firewall
@@ -87,9 +88,14 @@ def probes() -> Iterator[tuple[str, int, str]]:
 
 
 def fixture_settings() -> Any:
-    """One worker, one thread, no cache, no warm-up batch shared with a text."""
+    """One worker, one thread, no cache, no warm-up batch shared with a text; the model runs
+    in the dtype the codebook was calibrated in (so a machine-dependent ``dtype: auto`` does
+    not move the scores)."""
+    dtype = load_codebook(None).metadata.get("model", {}).get("dtype", "bfloat16")
     return load_settings(
-        None, pool={"workers": 1, "threads_per_worker": 1, "cache_size": 0, "warmup": False}
+        None,
+        model={"dtype": dtype},
+        pool={"workers": 1, "threads_per_worker": 1, "cache_size": 0, "warmup": False},
     )
 
 

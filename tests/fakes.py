@@ -15,12 +15,14 @@ from typing import Any
 import numpy as np
 
 from alknet_firewall.config import ModelSettings
-from alknet_firewall.model import TransformersActivationModel, WindowFeatures
+from alknet_firewall.features import Window, WindowFeatures, make_windows
 
 HIDDEN = 16
 
 
 class FakeModel:
+    """Implements :class:`alknet_firewall.model.ActivationModel`."""
+
     name = "fake/model"
     revision = "0"
     layers = (8,)
@@ -28,6 +30,9 @@ class FakeModel:
     feature_size = HIDDEN
     pooling = "mean"
     weights_digest = "sha256:fake"
+    max_tokens = 32
+    window_overlap = 8
+    dtype = "bfloat16"
 
     def __init__(self) -> None:
         self.settings = ModelSettings(layers=(8,), max_tokens=32, window_overlap=8)
@@ -48,12 +53,12 @@ class FakeModel:
     def count_tokens(self, texts: list[str]) -> list[int]:
         return [len(x) for x in self.tokenize(texts)]
 
-    def windows(self, ids: list[list[int]]) -> list[Any]:
-        return TransformersActivationModel.windows(self, ids)  # type: ignore[arg-type]
+    def windows(self, ids: list[list[int]]) -> list[Window]:
+        return make_windows(ids, self.max_tokens, self.window_overlap)
 
     _ATTACK = int(hashlib.md5(b"ATTACK").hexdigest()[:6], 16)
 
-    def encode_token_windows(self, wins: list[Any], n_texts: int) -> WindowFeatures:
+    def encode_token_windows(self, wins: list[Window], n_texts: int) -> WindowFeatures:
         if self.hang.is_set():
             self.release.wait(30)
         if self.sleep_s:
@@ -83,6 +88,12 @@ class FakeModel:
 
     def encode(self, texts: list[str]) -> dict[int, np.ndarray]:
         return self.encode_windows(texts).per_text("mean")
+
+    def init_worker(self, threads: int | None) -> None:
+        self.worker_threads = threads
+
+    def close(self) -> None:
+        self.closed = True
 
     def describe(self) -> dict[str, Any]:
         return {

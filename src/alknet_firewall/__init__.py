@@ -35,7 +35,7 @@ _EXPORTS: dict[str, str] = {
     "FirewallClosedError": "errors",
     # model
     "ActivationModel": "model",
-    "WindowFeatures": "model",
+    "WindowFeatures": "features",
     "load_model": "model",
     # codebook / scoring
     "Codebook": "codebook",
@@ -89,6 +89,7 @@ if TYPE_CHECKING:  # pragma: no cover
         OverloadError,
         ScreenTimeoutError,
     )
+    from .features import WindowFeatures
     from .firewall import Firewall, Verdict
-    from .model import ActivationModel, WindowFeatures, load_model
+    from .model import ActivationModel, load_model
     from .scoring import Scorer, Scores

@@ -16,8 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
 from .errors import BadInputError
+from .features import Window, WindowFeatures
+from .model.base import IDENTITY_KEYS, ActivationModel
+from .normalize import normalize
 
 INJECTION_KINDS = ("direct_injection", "prompt_extraction")
 DOCUMENT_SOURCES = ("gsm8k", "self_instruct", "oasst", "fastchat", "truthfulqa", "humaneval")
@@ -138,11 +142,11 @@ def augment(records: Sequence[Record], *, seed: int = 0, indirect: bool = False)
     return out
 
 
-def select_windows(wins: list[Any], n_texts: int, max_windows: int | None) -> list[Any]:
+def select_windows(wins: list[Window], n_texts: int, max_windows: int | None) -> list[Window]:
     """Keep at most ``max_windows`` evenly spaced windows per text (first and last included)."""
     if not max_windows:
         return wins
-    by_text: dict[int, list[Any]] = {}
+    by_text: dict[int, list[Window]] = {}
     for w in wins:
         by_text.setdefault(w.text, []).append(w)
     kept = []
@@ -156,20 +160,19 @@ def select_windows(wins: list[Any], n_texts: int, max_windows: int | None) -> li
 
 
 def extract(
-    model: Any,
+    model: ActivationModel,
     texts: Sequence[str],
     *,
     max_windows: int | None = None,
     chunk: int = 256,
     progress: bool = True,
     normalize_text: bool = True,
-) -> Any:
-    """Window features of many texts, in chunks, with a progress bar on stderr."""
-    from tqdm import tqdm
+) -> WindowFeatures:
+    """Window features of many texts, in chunks, with a progress bar on stderr.
 
-    from .model import WindowFeatures
-    from .normalize import normalize
-
+    With :func:`alknet_firewall.fitting.calibrate` this fits a codebook to *your* normal:
+    ``calibrate(codebook, extract(model, my_benign_texts))``.
+    """
     parts: list[WindowFeatures] = []
     bar = tqdm(total=len(texts), desc="activations", unit="text", disable=not progress)
     for start in range(0, len(texts), chunk):
@@ -181,66 +184,19 @@ def extract(
         parts.append(model.encode_token_windows(wins, len(batch)))
         bar.update(len(batch))
     bar.close()
-    return concat_features(parts)
-
-
-def concat_features(parts: Sequence[Any]) -> Any:
-    from .model import WindowFeatures
-
-    offsets = np.cumsum([0] + [p.n_texts for p in parts])
-    layers = parts[0].features.keys()
-    return WindowFeatures(
-        features={k: np.concatenate([p.features[k] for p in parts]) for k in layers},
-        text_index=np.concatenate([p.text_index + o for p, o in zip(parts, offsets, strict=False)]),
-        window_index=np.concatenate([p.window_index for p in parts]),
-        token_start=np.concatenate([p.token_start for p in parts]),
-        n_tokens=np.concatenate([p.n_tokens for p in parts]),
-        n_texts=int(offsets[-1]),
-        is_sub=np.concatenate([p.full.__invert__() for p in parts]),
-    )
-
-
-def save_features(path: str | Path, feats: Any, key: str = "") -> None:
-    np.savez(
-        path,
-        key=np.array(key),
-        text_index=feats.text_index,
-        window_index=feats.window_index,
-        token_start=feats.token_start,
-        n_tokens=feats.n_tokens,
-        n_texts=np.array(feats.n_texts),
-        is_sub=~feats.full,
-        **{f"layer_{k}": v for k, v in feats.features.items()},
-    )
-
-
-def load_features(path: str | Path) -> Any:
-    from .model import WindowFeatures
-
-    d = np.load(path)
-    return WindowFeatures(
-        features={int(k.split("_")[1]): d[k] for k in d.files if k.startswith("layer_")},
-        text_index=d["text_index"],
-        window_index=d["window_index"],
-        token_start=d["token_start"],
-        n_tokens=d["n_tokens"],
-        n_texts=int(d["n_texts"]),
-        is_sub=d["is_sub"] if "is_sub" in d.files else None,
-    )
+    return WindowFeatures.concat(parts)
 
 
 def cached_extract(
-    model: Any,
+    model: ActivationModel,
     texts: Sequence[str],
     *,
     max_windows: int | None,
     cache: str | Path | None,
     key: dict[str, Any],
-) -> Any:
+) -> WindowFeatures:
     """:func:`extract`, reusing ``cache`` (an ``.npz``) when it was made with the same ``key``
     (model digest, windowing, dtype, texts digest ...)."""
-    from .model import IDENTITY_KEYS
-
     info = model.describe()
     full_key = json.dumps(
         {
@@ -253,13 +209,10 @@ def cached_extract(
         },
         sort_keys=True,
     )
-    if cache is not None and Path(cache).exists():
-        with np.load(cache) as d:
-            stored = str(d["key"]) if "key" in d.files else None
-        if stored == full_key:
-            return load_features(cache)
+    if cache is not None and Path(cache).exists() and WindowFeatures.saved_key(cache) == full_key:
+        return WindowFeatures.load(cache)
     feats = extract(model, texts, max_windows=max_windows)
     if cache is not None:
         Path(cache).parent.mkdir(parents=True, exist_ok=True)
-        save_features(cache, feats, key=full_key)
+        feats.save(cache, key=full_key)
     return feats

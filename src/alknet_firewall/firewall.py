@@ -18,7 +18,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import LEVELS, PolicySettings, Settings, coerce_settings
+from . import metrics
+from .codebook import Codebook, load_codebook
+from .config import LEVELS, ModelSettings, PolicySettings, Settings, coerce_settings
 from .constants import HEADER_PREFIX
 from .errors import (
     BadInputError,
@@ -28,8 +30,12 @@ from .errors import (
     OverloadError,
     ScreenTimeoutError,
 )
+from .hardware import usable_cores
+from .model import READING_KEYS, ActivationModel, load_model
 from .normalize import normalize
-from .scoring import Scores, level_for
+from .pool import BatchPool
+from .recorder import Recorder
+from .scoring import Scorer, Scores, level_for
 
 log = logging.getLogger("alknet_firewall")
 
@@ -241,31 +247,24 @@ class Firewall:
         self,
         settings: Settings | None = None,
         *,
-        model: Any | None = None,
-        codebook: Any | None = None,
+        model: ActivationModel | None = None,
+        codebook: Codebook | None = None,
     ) -> None:
-        from .codebook import load_codebook
-        from .model import load_model
-        from .pool import BatchPool
-        from .scoring import Scorer
-
         self.settings = settings or coerce_settings(None)
         s = self.settings
         self.codebook = codebook if codebook is not None else load_codebook(s.detection.codebook)
+        #: A model the firewall loaded itself is closed with it; a model passed in is not.
+        self._owns_model = model is None
         if model is None:
             model = load_model(self._model_settings())
-        self.model = model
+        self.model: ActivationModel = model
         self.codebook.check_model(model.describe())
         self.scorer = Scorer(self.codebook)
         self._cache: OrderedDict[str, Scores] = OrderedDict()
         self._cache_lock = threading.Lock()
         self._cache_hits = 0
         self._closed = False
-        from . import metrics
-
         self._metrics = metrics.get()
-        from .recorder import Recorder
-
         #: Recent verdicts and windowed stats, in memory (read by the operator console).
         self.recorder = Recorder(keep_text=s.log_text, metrics=self._metrics)
         p = s.pool
@@ -279,6 +278,10 @@ class Firewall:
             worker_init=self._worker_init,
             stall_after_s=max(2 * p.timeout_s, 5.0),
             on_batch=self._metrics.observe_batch,
+            # A lone request may use every core; under load each worker keeps its own.
+            threads=p.threads_per_worker,
+            burst_threads=p.burst_threads or usable_cores(),
+            set_threads=self.model.init_worker,
         )
         self.pool.start()
         if p.warmup:
@@ -294,10 +297,8 @@ class Firewall:
         with ``kwargs`` as validated overrides on top (``pool={"workers": 2}``)."""
         return cls(coerce_settings(path_or_settings, **kwargs))
 
-    def _model_settings(self) -> Any:
+    def _model_settings(self) -> ModelSettings:
         """Model settings with the codebook's layers, pooling and windowing."""
-        from .model import READING_KEYS
-
         meta = self.codebook.metadata.get("model", {})
         update: dict[str, Any] = {"layers": tuple(self.codebook.layers)}
         for key in READING_KEYS:
@@ -308,9 +309,7 @@ class Firewall:
 
     # -- lifecycle -----------------------------------------------------------------------------
     def _worker_init(self) -> None:
-        import torch
-
-        torch.set_num_threads(self.settings.pool.threads_per_worker)
+        self.model.init_worker(self.settings.pool.threads_per_worker)
 
     def warmup(self) -> None:
         """One forward pass per worker before serving (installs lazy hooks, fills caches)."""
@@ -319,8 +318,17 @@ class Firewall:
 
     def close(self, timeout: float = 30.0) -> None:
         """Stop accepting work, finish or fail what is in flight. Idempotent."""
+        if self._closed:
+            return
         self._closed = True
         self.pool.close(timeout)
+        if self._owns_model:
+            self.model.close()
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` was called: no new work is accepted."""
+        return self._closed
 
     def __enter__(self) -> Firewall:
         return self
@@ -337,7 +345,7 @@ class Firewall:
     # -- the batch function the pool runs ------------------------------------------------------
     def _cost(self, texts: tuple[str, ...]) -> int:
         # Windows a request will need, estimated from characters (≈4 per token).
-        per = 4 * self.model.settings.max_tokens
+        per = 4 * self.model.max_tokens
         return sum(1 + len(t) // per for t in texts)
 
     def _score_batch(self, jobs: list[tuple[str, ...]]) -> list[list[Scores] | BaseException]:

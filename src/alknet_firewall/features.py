@@ -1,0 +1,170 @@
+"""Windows of token ids and the pooled features of every window (numpy only).
+
+What flows between a model backend, the codebook and the scorer: :func:`make_windows` splits
+token ids into overlapping windows (pure token arithmetic), a model turns windows into
+:class:`WindowFeatures`, and every row operation on those (dropping span rows, one row per
+text, a subset of texts, concatenation, ``.npz`` round trips) lives here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["Window", "WindowFeatures", "make_windows"]
+
+
+@dataclass(frozen=True)
+class Window:
+    """Window ``index`` of text ``text``: the content tokens from token ``start`` on."""
+
+    text: int
+    index: int
+    start: int
+    content: list[int]
+
+
+def make_windows(token_ids: Sequence[Sequence[int]], max_tokens: int, overlap: int) -> list[Window]:
+    """Split every text's token ids into windows of ``max_tokens`` tokens, consecutive windows
+    sharing ``overlap`` tokens; every text (an empty one too) gets at least one window."""
+    if not 0 <= overlap < max_tokens:
+        raise ValueError(f"need 0 <= overlap < max_tokens, got {overlap} and {max_tokens}")
+    step = max_tokens - overlap
+    out: list[Window] = []
+    for t, ids in enumerate(token_ids):
+        start, k = 0, 0
+        while True:
+            out.append(Window(t, k, start, list(ids[start : start + max_tokens])))
+            if start + max_tokens >= len(ids):
+                break
+            start += step
+            k += 1
+    return out
+
+
+@dataclass(frozen=True)
+class WindowFeatures:
+    """Pooled features of every window of a batch of texts.
+
+    ``features[layer]`` has shape ``[n_windows, feature_size]``; window ``j`` belongs to text
+    ``text_index[j]`` and is that text's ``window_index[j]``-th window, covering ``n_tokens[j]``
+    content tokens starting at token ``token_start[j]``.
+    """
+
+    features: dict[int, np.ndarray]
+    text_index: np.ndarray
+    window_index: np.ndarray
+    token_start: np.ndarray
+    n_tokens: np.ndarray
+    n_texts: int
+    #: True for span rows: the mean over a short span inside a window (see ``sub_window``).
+    is_sub: np.ndarray | None = None
+
+    @property
+    def full(self) -> np.ndarray:
+        """Mask of whole-window rows."""
+        if self.is_sub is None:
+            return np.ones(len(self.text_index), dtype=bool)
+        return ~self.is_sub
+
+    def _rows(self, keep: np.ndarray, text_index: np.ndarray, n_texts: int) -> WindowFeatures:
+        return WindowFeatures(
+            features={k: v[keep] for k, v in self.features.items()},
+            text_index=text_index,
+            window_index=self.window_index[keep],
+            token_start=self.token_start[keep],
+            n_tokens=self.n_tokens[keep],
+            n_texts=n_texts,
+            is_sub=None if self.is_sub is None else self.is_sub[keep],
+        )
+
+    def only_full(self) -> WindowFeatures:
+        """The same features without span rows."""
+        if self.is_sub is None or not self.is_sub.any():
+            return self
+        keep = ~self.is_sub
+        return replace(self._rows(keep, self.text_index[keep], self.n_texts), is_sub=None)
+
+    def subset(self, text_mask: np.ndarray) -> WindowFeatures:
+        """The rows of the texts in ``text_mask`` (one bool per text), texts re-indexed."""
+        keep = text_mask[self.text_index]
+        new_index = np.cumsum(text_mask) - 1
+        return self._rows(keep, new_index[self.text_index[keep]], int(text_mask.sum()))
+
+    @classmethod
+    def concat(cls, parts: Sequence[WindowFeatures]) -> WindowFeatures:
+        """The rows of ``parts`` one after the other, as one batch of texts."""
+        offsets = np.cumsum([0] + [p.n_texts for p in parts])
+        layers = parts[0].features.keys()
+        return cls(
+            features={k: np.concatenate([p.features[k] for p in parts]) for k in layers},
+            text_index=np.concatenate(
+                [p.text_index + o for p, o in zip(parts, offsets, strict=False)]
+            ),
+            window_index=np.concatenate([p.window_index for p in parts]),
+            token_start=np.concatenate([p.token_start for p in parts]),
+            n_tokens=np.concatenate([p.n_tokens for p in parts]),
+            n_texts=int(offsets[-1]),
+            is_sub=np.concatenate([~p.full for p in parts]),
+        )
+
+    def save(self, path: str | Path, key: str = "") -> None:
+        """Write an ``.npz`` file; ``key`` records what made it (see ``corpus.cached_extract``)."""
+        np.savez(
+            path,
+            key=np.array(key),
+            text_index=self.text_index,
+            window_index=self.window_index,
+            token_start=self.token_start,
+            n_tokens=self.n_tokens,
+            n_texts=np.array(self.n_texts),
+            is_sub=~self.full,
+            **{f"layer_{k}": v for k, v in self.features.items()},
+        )
+
+    @classmethod
+    def load(cls, path: str | Path) -> WindowFeatures:
+        """Read a file written by :meth:`save`."""
+        d = np.load(path)
+        return cls(
+            features={int(k.split("_")[1]): d[k] for k in d.files if k.startswith("layer_")},
+            text_index=d["text_index"],
+            window_index=d["window_index"],
+            token_start=d["token_start"],
+            n_tokens=d["n_tokens"],
+            n_texts=int(d["n_texts"]),
+            is_sub=d["is_sub"] if "is_sub" in d.files else None,
+        )
+
+    @staticmethod
+    def saved_key(path: str | Path) -> str | None:
+        """The ``key`` a file written by :meth:`save` records (None when it has none)."""
+        with np.load(path) as d:
+            return str(d["key"]) if "key" in d.files else None
+
+    def per_text(self, pooling: str) -> dict[int, np.ndarray]:
+        """Aggregate windows to one row per text (token-weighted mean; last window for 'last')."""
+        if self.is_sub is not None and self.is_sub.any():
+            return self.only_full().per_text(pooling)
+        out: dict[int, np.ndarray] = {}
+        # The last window of each text: the one with the highest window_index.
+        last_win = np.zeros(self.n_texts, dtype=np.int64)
+        for j in np.lexsort((self.window_index, self.text_index)):
+            last_win[self.text_index[j]] = j
+        w = np.maximum(self.n_tokens, 1).astype(np.float64)
+        sums = np.zeros(self.n_texts)
+        np.add.at(sums, self.text_index, w)
+        for layer, f in self.features.items():
+            hidden = f.shape[1] // (2 if pooling == "both" else 1)
+            agg = np.zeros((self.n_texts, f.shape[1]), dtype=np.float64)
+            np.add.at(agg, self.text_index, f.astype(np.float64) * w[:, None])
+            agg /= sums[:, None]
+            if pooling == "last":
+                agg = f[last_win].astype(np.float64)
+            elif pooling == "both":
+                agg[:, hidden:] = f[last_win, hidden:]
+            out[layer] = agg.astype(np.float32)
+        return out

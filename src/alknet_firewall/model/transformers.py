@@ -1,0 +1,402 @@
+"""The transformers implementation of :class:`~alknet_firewall.model.base.ActivationModel`:
+a Hugging Face model truncated after its deepest requested layer, pooled per window.
+
+torch and transformers are imported inside the methods, so importing this module stays cheap.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .. import constants
+from ..config import ModelSettings
+from ..errors import ConfigurationError, ModelError, require
+from ..features import Window, WindowFeatures, make_windows
+from ..hardware import DtypeChoice, choose_dtype
+from .buckets import CudaGraphs, padded_shape, seq_buckets
+from .sources import ModelLocation, quiet_transformers
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+__all__ = ["TransformersActivationModel"]
+
+log = logging.getLogger(__name__)
+
+
+class TransformersActivationModel:
+    """A Hugging Face model truncated after its deepest requested layer (no head; no final norm
+    unless the last layer is requested)."""
+
+    def __init__(self, location: ModelLocation, settings: ModelSettings) -> None:
+        require("torch")
+        require("transformers")
+        import torch
+        from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+        self.settings = settings
+        self.location = location
+        self.name = location.name
+        self.revision = location.revision
+        self.weights_digest = location.weights_digest
+        self.layers = tuple(settings.layers)
+        self.pooling = settings.pooling
+        self.max_tokens = settings.max_tokens
+        self.window_overlap = settings.window_overlap
+        self._device = torch.device(settings.device)
+        try:
+            with quiet_transformers():
+                config = AutoConfig.from_pretrained(str(location.path))
+                total = int(config.num_hidden_layers)
+                deepest = max(self.layers)
+                if deepest > total:
+                    raise ConfigurationError(
+                        f"model.layers asks for layer {deepest} but {self.name} has {total} layers"
+                    )
+                self.tokenizer = AutoTokenizer.from_pretrained(str(location.path))
+                self.dtype_choice = _choose_dtype(settings, config)
+                self.dtype = self.dtype_choice.dtype
+                self._torch_dtype = getattr(torch, self.dtype)
+                model = AutoModel.from_pretrained(
+                    str(location.path),
+                    num_hidden_layers=deepest,
+                    dtype=self._torch_dtype,
+                    use_safetensors=True,
+                )
+        except (ConfigurationError, ModelError):
+            raise
+        except Exception as exc:
+            raise ModelError(f"could not load the model from {location.path}: {exc}") from exc
+        # Exact early stop: the truncated stack's last hidden state must equal the full model's
+        # hidden_states[deepest], so the final norm must not be applied - unless deepest is the
+        # model's last layer, whose entry in the full model's hidden_states is normed.
+        if hasattr(model, "norm") and deepest < total:
+            model.norm = torch.nn.Identity()
+        model.eval()
+        model.requires_grad_(False)
+        self._model = model.to(self._device)
+        self.total_layers = total
+        self.hidden_size = int(config.hidden_size)
+        self.feature_size = self.hidden_size * (2 if self.pooling == "both" else 1)
+        self._prefix, self._suffix = self._template()
+        pad = self.tokenizer.pad_token_id
+        self._pad_id = int(pad if pad is not None else (self.tokenizer.eos_token_id or 0))
+        self._warm = threading.Lock()
+        if settings.dtype == "auto":
+            log.info("model.dtype auto: %s", self.dtype_choice.describe())
+        # Shape buckets (CUDA by default) and CUDA graphs replayed per bucket.
+        on_cuda = self._device.type == "cuda"
+        buckets = settings.shape_buckets if settings.shape_buckets is not None else on_cuda
+        longest = len(self._prefix) + settings.max_tokens + len(self._suffix)
+        self._buckets: tuple[int, ...] = seq_buckets(longest) if buckets else ()
+        self._graphs: CudaGraphs | None = None
+        if settings.cuda_graphs and not on_cuda:
+            log.warning("model.cuda_graphs needs a CUDA device; ignored on %s", self._device)
+        elif settings.cuda_graphs:
+            self._graphs = CudaGraphs(self._hidden, self._device)
+
+    # -- tokenisation ------------------------------------------------------------------------
+    def _template(self) -> tuple[list[int], list[int]]:
+        if not self.settings.chat_template or not getattr(self.tokenizer, "chat_template", None):
+            return [], []
+        sentinel = "\u0000ALKNET\u0000"
+        turns = [{"role": "user", "content": sentinel}]
+        if self.settings.system_prompt is not None:
+            turns.insert(0, {"role": "system", "content": self.settings.system_prompt})
+        rendered = self.tokenizer.apply_chat_template(
+            turns, tokenize=False, add_generation_prompt=True
+        )
+        if not isinstance(rendered, str) or rendered.count(sentinel) != 1:
+            raise ModelError("the tokenizer's chat template does not render a user turn")
+        pre, suf = rendered.split(sentinel)
+        enc = self.tokenizer
+        return (
+            list(enc(pre, add_special_tokens=False)["input_ids"]),
+            list(enc(suf, add_special_tokens=False)["input_ids"]),
+        )
+
+    def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
+        if not texts:
+            return []
+        return [list(x) for x in self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        return [len(x) for x in self.tokenize(texts)]
+
+    def windows(self, token_ids: Sequence[Sequence[int]]) -> list[Window]:
+        return make_windows(token_ids, self.max_tokens, self.window_overlap)
+
+    # -- forward -------------------------------------------------------------------------------
+    def encode(self, texts: list[str]) -> dict[int, np.ndarray]:
+        return self.encode_windows(texts).per_text(self.pooling)
+
+    def encode_windows(self, texts: list[str]) -> WindowFeatures:
+        if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
+            raise TypeError("encode expects a list of str")
+        return self.encode_token_windows(self.windows(self.tokenize(texts)), len(texts))
+
+    def spans(self, n: int) -> list[tuple[int, int]]:
+        """Short spans (start, length) inside a window of ``n`` content tokens, scored on their
+        own so a short attack is not diluted by the rest of its window."""
+        size, stride = self.settings.sub_window, self.settings.sub_window_stride
+        if not size or n <= size or self.pooling != "mean":
+            return []
+        starts = list(range(0, n - size + 1, stride))
+        if starts[-1] != n - size:
+            starts.append(n - size)
+        return [(a, size) for a in starts]
+
+    def encode_token_windows(self, wins: list[Window], n_texts: int) -> WindowFeatures:
+        import torch
+
+        if self.settings.threads and torch.get_num_threads() != self.settings.threads:
+            torch.set_num_threads(self.settings.threads)
+        # Rows: one per window, then its spans; and the head and tail of every long text.
+        edge = self.settings.edge_window if self.pooling == "mean" else 0
+        text_end: dict[int, int] = {}
+        for w in wins:
+            text_end[w.text] = max(text_end.get(w.text, 0), w.start + len(w.content))
+        row_of: list[list[int]] = []
+        spans_of: list[list[tuple[int, int]]] = []
+        text_index, window_index, token_start, n_tokens, is_sub = [], [], [], [], []
+        for w in wins:
+            n = len(w.content)
+            spans = self.spans(n)
+            if edge and n > 2 * edge:
+                if w.start == 0:
+                    spans.append((0, edge))
+                if w.start + n == text_end[w.text]:
+                    spans.append((n - edge, edge))
+            rows = []
+            for a, length in [(0, n), *spans]:
+                rows.append(len(text_index))
+                text_index.append(w.text)
+                window_index.append(w.index)
+                token_start.append(w.start + a)
+                n_tokens.append(length)
+                is_sub.append(len(rows) > 1)
+            row_of.append(rows)
+            spans_of.append(spans)
+        feats = {
+            layer: np.zeros((len(text_index), self.feature_size), dtype=np.float32)
+            for layer in self.layers
+        }
+        # Group by length: padding wastes compute.
+        order = sorted(range(len(wins)), key=lambda j: len(wins[j].content))
+        bs = self.settings.batch_size
+        with torch.inference_mode():
+            for b in range(0, len(order), bs):
+                idx = order[b : b + bs]
+                self._forward(idx, wins, feats, row_of, spans_of)
+        return WindowFeatures(
+            features=feats,
+            text_index=np.array(text_index, dtype=np.int64),
+            window_index=np.array(window_index, dtype=np.int64),
+            token_start=np.array(token_start, dtype=np.int64),
+            n_tokens=np.array(n_tokens, dtype=np.int64),
+            n_texts=n_texts,
+            is_sub=np.array(is_sub, dtype=bool),
+        )
+
+    def _forward(
+        self,
+        idx: list[int],
+        wins: list[Window],
+        feats: dict[int, np.ndarray],
+        row_of: list[list[int]],
+        spans_of: list[list[tuple[int, int]]],
+    ) -> None:
+        import torch
+
+        p, s = len(self._prefix), len(self._suffix)
+        seqs = [self._prefix + wins[j].content + self._suffix for j in idx]
+        if any(len(x) == 0 for x in seqs):
+            # Without a template an empty text has no token at all: feed the pad/eos token.
+            seqs = [x or [self._pad_id] for x in seqs]
+        n_rows, width = len(seqs), max(len(x) for x in seqs)
+        if self._buckets:
+            # A few fixed shapes (rows padded too when graphs replay them); the padding rows
+            # attend to one pad token and are dropped below.
+            n_rows, width = padded_shape(
+                [len(x) for x in seqs], self._buckets, self.settings.batch_size,
+                pad_rows=self._graphs is not None,
+            )  # fmt: skip
+        ids = torch.full((n_rows, width), self._pad_id, dtype=torch.long)
+        mask = torch.zeros((n_rows, width), dtype=torch.long)
+        mask[len(seqs) :, 0] = 1
+        for r, x in enumerate(seqs):
+            ids[r, : len(x)] = torch.tensor(x, dtype=torch.long)
+            mask[r, : len(x)] = 1
+        run = self._graphs if self._graphs is not None else self._hidden
+        hidden = dict(
+            zip(self.layers, run(ids.to(self._device), mask.to(self._device)), strict=True)
+        )
+        # Pool over content tokens (the template prefix is identical for every input).
+        mask = mask[: len(seqs)]
+        lengths = mask.sum(1)
+        pool_mask = torch.zeros((len(seqs), width), dtype=torch.float32)
+        for r, j in enumerate(idx):
+            n = len(wins[j].content)
+            if n:
+                # Content tokens, and the end-of-turn tokens that have read all of them: they
+                # keep very short messages ("hi") from being judged on one token alone.
+                pool_mask[r, p : p + n + (s if self.settings.pool_suffix else 0)] = 1.0
+            else:
+                pool_mask[r, int(lengths[r]) - max(s, 1) : int(lengths[r])] = 1.0
+        pool_mask = pool_mask.to(self._device)
+        denom = pool_mask.sum(1, keepdim=True)
+        last_pos = (lengths - 1).to(self._device)
+        rows = torch.arange(len(seqs), device=self._device)
+        full_rows = [row_of[j][0] for j in idx]
+        span_rows = [
+            (r, row, a, length)
+            for r, j in enumerate(idx)
+            for row, (a, length) in zip(row_of[j][1:], spans_of[j], strict=True)
+        ]
+        for layer in self.layers:
+            hs = hidden[layer][: len(seqs)].float()
+            parts = []
+            if self.pooling in ("mean", "both"):
+                parts.append((hs * pool_mask[:, :, None]).sum(1) / denom)
+            if self.pooling in ("last", "both"):
+                parts.append(hs[rows, last_pos])
+            feats[layer][full_rows] = torch.cat(parts, dim=1).cpu().numpy()
+            if span_rows:
+                # Span means from a running sum over positions: one gather for all spans.
+                csum = torch.cumsum(hs, dim=1)
+                csum = torch.cat([torch.zeros_like(csum[:, :1]), csum], dim=1)
+                r_idx = torch.tensor([r for r, _, _, _ in span_rows], device=self._device)
+                a_idx = torch.tensor([p + a for _, _, a, _ in span_rows], device=self._device)
+                n_tok = torch.tensor([n for _, _, _, n in span_rows], device=self._device)
+                sp = (csum[r_idx, a_idx + n_tok] - csum[r_idx, a_idx]) / n_tok[:, None]
+                feats[layer][[row for _, row, _, _ in span_rows]] = sp.cpu().numpy()
+
+    def _hidden(self, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Hidden states of the requested layers, in ``self.layers`` order."""
+        out = self._model(
+            input_ids=ids, attention_mask=mask, output_hidden_states=True, use_cache=False
+        )
+        return tuple(out.hidden_states[k] for k in self.layers)
+
+    def hidden_states(self, text: str) -> torch.Tensor:  # pragma: no cover - debugging aid
+        """All hidden states of one text (template applied), shape [layers+1, tokens, hidden]."""
+        import torch
+
+        ids = self._prefix + self.tokenize([text])[0] + self._suffix
+        with torch.inference_mode():
+            out = self._model(input_ids=torch.tensor([ids]), output_hidden_states=True)
+        return torch.stack([x[0] for x in out.hidden_states])
+
+    def warmup(self) -> None:
+        """Run one tiny forward pass (installs lazy hooks before threads share the model)."""
+        with self._warm:
+            self.encode(["warm-up"])
+
+    def init_worker(self, threads: int | None) -> None:
+        """Called once in each pool worker thread: torch's intra-op threads for that thread."""
+        if threads is not None:
+            import torch
+
+            # torch initialises a thread's count lazily from the last value any thread set;
+            # touch it first so that later lazy init cannot overwrite ours.
+            if torch.get_num_threads() != threads:
+                torch.set_num_threads(threads)
+
+    def close(self) -> None:
+        """Nothing to release: the weights go with the object."""
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "revision": self.revision,
+            "source": self.location.source,
+            "path": str(self.location.path),
+            "weights_digest": self.weights_digest,
+            "layers": list(self.layers),
+            "total_layers": self.total_layers,
+            "hidden_size": self.hidden_size,
+            "feature_size": self.feature_size,
+            "pooling": self.pooling,
+            "chat_template": self.settings.chat_template,
+            "pool_suffix": self.settings.pool_suffix,
+            "system_prompt": self.settings.system_prompt,
+            "max_tokens": self.settings.max_tokens,
+            "window_overlap": self.settings.window_overlap,
+            "sub_window": self.settings.sub_window if self.pooling == "mean" else 0,
+            "sub_window_stride": self.settings.sub_window_stride,
+            "edge_window": self.settings.edge_window if self.pooling == "mean" else 0,
+            "dtype": self.dtype,
+            "dtype_reason": self.dtype_choice.reason,
+            "dtype_float32_ms": self.dtype_choice.float32_ms,
+            "dtype_bfloat16_ms": self.dtype_choice.bfloat16_ms,
+            "backend": "local",
+            "device": str(self._device),
+            "shape_buckets": list(self._buckets),
+            "cuda_graphs": self._graphs is not None,
+            "cache_dir": str(self.settings.cache_dir or constants.cache_dir()),
+            **self.location.extra,
+        }
+
+
+def _choose_dtype(settings: ModelSettings, config: Any) -> DtypeChoice:
+    """``model.dtype`` resolved for this machine (``auto``: see :mod:`alknet_firewall.hardware`)."""
+    import torch
+
+    shape = ":".join(
+        str(getattr(config, k, ""))
+        for k in ("model_type", "hidden_size", "intermediate_size", "num_attention_heads",
+                  "num_key_value_heads")
+    )  # fmt: skip
+    return choose_dtype(
+        settings.dtype,
+        settings.device,
+        bench=_layer_bench(config),
+        cache_dir=Path(settings.cache_dir or constants.cache_dir()),
+        shape_tag=shape,
+        torch_version=torch.__version__,
+    )
+
+
+def _layer_bench(config: Any, tokens: int = 72, repeats: int = 5) -> Callable[[str], float]:
+    """Seconds of one forward pass of a one-layer copy of the architecture (random weights,
+    small vocabulary, ``tokens`` tokens, one thread) in a dtype: the start-up micro-benchmark
+    behind ``model.dtype: auto`` (~0.1-0.3 s for both dtypes)."""
+
+    def bench(dtype: str) -> float:
+        import copy
+
+        import torch
+        from transformers import AutoModel
+
+        cfg = copy.deepcopy(config)
+        cfg.num_hidden_layers = 1
+        cfg.vocab_size = 256
+        for key in ("pad_token_id", "bos_token_id", "eos_token_id"):
+            if hasattr(cfg, key):
+                setattr(cfg, key, None)
+        with quiet_transformers():
+            model = AutoModel.from_config(cfg, dtype=getattr(torch, dtype)).eval()
+        ids = torch.randint(0, 256, (1, tokens), generator=torch.Generator().manual_seed(0))
+        previous = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            with torch.inference_mode():
+                for _ in range(2):
+                    model(input_ids=ids, use_cache=False)
+                best = float("inf")
+                for _ in range(repeats):
+                    t0 = time.perf_counter()
+                    model(input_ids=ids, use_cache=False)
+                    best = min(best, time.perf_counter() - t0)
+        finally:
+            torch.set_num_threads(previous)
+        return best
+
+    return bench
