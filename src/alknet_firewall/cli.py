@@ -96,8 +96,8 @@ def cmd_scan(args: argparse.Namespace) -> int:
             codebook=args.codebook,
             batch_size=args.batch,
         )
-        sys.stderr.write(json.dumps(counts) + "\n")
-        return 0
+        scanned = counts.pop("scanned")
+        return scan_report(counts, scanned)
     from tqdm import tqdm
 
     src = sys.stdin if args.input == "-" else open(args.input, encoding="utf-8")  # noqa: SIM115

@@ -439,13 +439,26 @@ class ModelServerSettings(_Strict):
         json_schema_extra={"doc_default": "CPU count (at most 8)"},
     )
     threads_per_worker: int = Field(1, ge=1, le=64, description="torch threads per worker.")
+    burst_threads: int | None = Field(
+        None,
+        ge=1,
+        le=256,
+        description="torch threads for a lone request (queue empty, other workers idle); "
+        "`null`: every usable core; `threads_per_worker` turns bursting off.",
+        json_schema_extra={"doc_default": "usable cores"},
+    )
     max_batch_tokens: int = Field(
         4096,
         ge=16,
         description="Tokens (template included) per forward micro-batch across all clients.",
     )
     max_wait_ms: float = Field(
-        2.0, ge=0.0, le=1000.0, description="How long a micro-batch waits to fill."
+        0.0,
+        ge=0.0,
+        le=1000.0,
+        description="How long a micro-batch waits to fill. 0: take what is queued at once "
+        "(clients already batch for `pool.max_wait_ms`; under load requests queue while the "
+        "workers are busy, so batches still grow).",
     )
     queue_size: int = Field(
         256, ge=1, description="Requests waiting at most; beyond it the server answers 429."
@@ -485,12 +498,15 @@ class RaySettings(_Strict):
         4096, ge=16, description="Tokens per @serve.batch batch (batch_size_fn counts tokens)."
     )
     batch_wait_timeout_s: float = Field(
-        0.002, ge=0, description="How long a @serve.batch batch waits to fill."
+        0.0005, ge=0, description="How long a @serve.batch batch waits to fill."
     )
     http_host: str = Field("127.0.0.1", description="Serve HTTP proxy bind address.")
     http_port: int = Field(8000, ge=0, le=65535, description="Serve HTTP proxy port.")
     object_store_memory: int | None = Field(
-        None, ge=78643200, description="Object store bytes of a locally started Ray."
+        None,
+        ge=78643200,
+        description="Object store bytes of a Ray that `model serve --engine ray` or "
+        "`scan --engine ray` starts itself (None: 512 MiB).",
     )
     scan_actors: int = Field(2, ge=1, description="Actors in a Ray Data scan's pool.")
     scan_cpus_per_actor: float = Field(1.0, gt=0, description="CPUs per scan actor.")

@@ -1,0 +1,90 @@
+"""``alknet-firewall model serve``: register the sub-command (imports nothing heavy)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+
+def _port(value: str) -> int:
+    port = int(value)
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"port {port} is not in 0..65535")
+    return port
+
+
+def add_model_serve_command(msub: Any) -> None:
+    p = msub.add_parser(
+        "serve",
+        help="share the activation model over HTTP (screening processes use model.backend remote)",
+        description="Serve the activation wire protocol (docs/deploy/protocol.md): a single-box "
+        "uvicorn server (--engine local) or a Ray Serve application (--engine ray).",
+    )
+    p.add_argument("--engine", choices=("local", "ray"), default="local")
+    p.add_argument("--host", default=None, help="bind address (default: model_server.host)")
+    p.add_argument("--port", type=_port, default=None, help="port (default: model_server.port)")
+    p.add_argument("--config", default=argparse.SUPPRESS, help="YAML settings file")
+    p.add_argument(
+        "--codebook",
+        default=None,
+        help="serve the model read the way this codebook needs (default: configured codebook)",
+    )
+    p.add_argument(
+        "--log-level",
+        default="warning",
+        choices=["critical", "error", "warning", "info", "debug"],
+        help="uvicorn log level",
+    )
+    p.set_defaults(func=cmd_model_serve)
+
+
+def _settings(args: argparse.Namespace) -> Any:
+    from pathlib import Path
+
+    from ..config import load_settings
+
+    settings = load_settings(getattr(args, "config", None))
+    if args.engine == "ray":
+        changes: dict[str, Any] = {
+            "ray": {k: v for k, v in (("http_host", args.host), ("http_port", args.port)) if v}
+        }
+    else:
+        changes = {
+            "model_server": {k: v for k, v in (("host", args.host), ("port", args.port)) if v}
+        }
+    if args.codebook:
+        changes["detection"] = {"codebook": str(Path(args.codebook))}
+    return settings.merged(**changes)
+
+
+def cmd_model_serve(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    if args.engine == "ray":
+        from .ray_serve import serve_forever
+
+        return serve_forever(settings)
+    from ..errors import require
+
+    for module in ("starlette", "uvicorn"):
+        require(module, "server")
+    from ..integrations.serving import serve
+    from .app import ModelServer, create_model_app
+
+    s = settings.model_server
+    # Loaded before serving: a bad model or codebook fails here with a clear message.
+    server = ModelServer(settings)
+    try:
+        app = create_model_app(settings, server=server)
+        ident = server.service.identity
+        sys.stderr.write(
+            f"alknet-firewall model server on http://{s.host}:{s.port} ({ident['name']}, "
+            f"{ident['weights_digest'][:19]}, layers {ident['layers']}, "
+            f"{s.workers} workers, batches <= {s.max_batch_tokens} tokens)\n"
+        )
+        sys.stderr.flush()
+        # SIGTERM: new requests get 503 + Retry-After (clients see OverloadError), in-flight
+        # ones finish within the grace period.
+        return serve(app, host=s.host, port=s.port, log_level=args.log_level)
+    finally:
+        server.close()
