@@ -21,10 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
-from alknet_firewall.codebook import CodebookBuilder
 from alknet_firewall.config import load_settings
 from alknet_firewall.corpus import augment, cached_extract, read_jsonl
 from alknet_firewall.evaluation import summarise, write_report
+from alknet_firewall.fitting import CodebookBuilder
 from alknet_firewall.model import load_model
 from alknet_firewall.scoring import Scorer, level_for
 

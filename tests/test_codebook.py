@@ -8,15 +8,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from alknet_firewall.codebook import (
-    CodebookBuilder,
-    SplineCDF,
-    calibrate,
-    load_codebook,
-    surprise,
+from alknet_firewall.codebook import load_codebook
+from alknet_firewall.distributions import SplineCDF, surprise
+from alknet_firewall.errors import (
+    CodebookError,
+    CodebookMismatchError,
+    ConfigurationError,
+    CorpusError,
 )
-from alknet_firewall.errors import CodebookError, CodebookMismatchError, ConfigurationError
-from alknet_firewall.model import WindowFeatures
+from alknet_firewall.features import WindowFeatures
+from alknet_firewall.fitting import CodebookBuilder, calibrate
 
 D = 24
 
@@ -211,9 +212,9 @@ def test_codebook_for_another_model_is_refused(fitted: CodebookBuilder) -> None:
 
 def test_builder_validates_its_inputs() -> None:
     feats, kinds = synthetic(300, 40, seed=3)
-    with pytest.raises(ConfigurationError, match="unknown kinds"):
+    with pytest.raises(CorpusError, match="unknown kinds"):
         CodebookBuilder().fit(feats, ["weird"] * feats.n_texts)
-    with pytest.raises(ConfigurationError, match="kinds for"):
+    with pytest.raises(CorpusError, match="kinds for"):
         CodebookBuilder().fit(feats, kinds[:-1])
     with pytest.raises(ConfigurationError, match="target_fpr"):
         CodebookBuilder(target_fpr={"notice": 0.01, "warning": 0.05, "critical": 0.001}).fit(

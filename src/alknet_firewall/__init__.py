@@ -39,7 +39,9 @@ _EXPORTS: dict[str, str] = {
     "load_model": "model",
     # codebook / scoring
     "Codebook": "codebook",
-    "CodebookBuilder": "codebook",
+    "CodebookBuilder": "fitting",
+    "calibrate": "fitting",
+    "extract": "corpus",
     "load_codebook": "codebook",
     "Scorer": "scoring",
     "Scores": "scoring",
@@ -65,7 +67,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .codebook import Codebook, CodebookBuilder, load_codebook
+    from .codebook import Codebook, load_codebook
     from .config import (
         DetectionSettings,
         ModelSettings,
@@ -75,6 +77,7 @@ if TYPE_CHECKING:  # pragma: no cover
         Settings,
         load_settings,
     )
+    from .corpus import extract
     from .errors import (
         BadInputError,
         CodebookError,
@@ -91,5 +94,6 @@ if TYPE_CHECKING:  # pragma: no cover
     )
     from .features import WindowFeatures
     from .firewall import Firewall, Verdict
+    from .fitting import CodebookBuilder, calibrate
     from .model import ActivationModel, load_model
     from .scoring import Scorer, Scores

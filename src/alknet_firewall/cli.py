@@ -26,6 +26,8 @@ def _print_json(obj: Any) -> None:
 def cmd_model_prepare(args: argparse.Namespace) -> int:
     from .model import resolve
 
+    if getattr(args, "format", "safetensors") == "onnx":
+        return _prepare_onnx(args)
     loc = resolve(_settings(args).model)
     _print_json(
         {
@@ -34,6 +36,32 @@ def cmd_model_prepare(args: argparse.Namespace) -> int:
             "source": loc.source,
             "path": str(loc.path),
             "weights_digest": loc.weights_digest,
+        }
+    )
+    return 0
+
+
+def _prepare_onnx(args: argparse.Namespace) -> int:
+    """Export the truncated model for the codebook's layers and reading settings, once."""
+    from .codebook import load_codebook
+    from .model import READING_KEYS
+    from .model.onnx import export_onnx
+
+    settings = _settings(args)
+    codebook = load_codebook(args.codebook or settings.detection.codebook)
+    meta = codebook.metadata.get("model", {})
+    update = {k: meta[k] for k in READING_KEYS if k in meta}
+    ms = settings.model.merged(layers=tuple(codebook.layers), **update)
+    precision = "int8" if args.quantize == "int8" else "float32"
+    path = export_onnx(ms, precision)
+    _print_json(
+        {
+            "format": "onnx",
+            "precision": precision,
+            "path": str(path),
+            "layers": list(ms.layers),
+            "codebook": codebook.id,
+            "use": {"model": {"backend": "onnx", "onnx_precision": precision}},
         }
     )
     return 0
@@ -229,8 +257,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_codebook_build(args: argparse.Namespace) -> int:
-    from .codebook import CodebookBuilder
     from .corpus import augment, cached_extract, files_digest, read_jsonl
+    from .fitting import CodebookBuilder
     from .model import IDENTITY_KEYS, load_model
 
     settings = _settings(args)
@@ -267,8 +295,9 @@ def cmd_codebook_build(args: argparse.Namespace) -> int:
 
 
 def cmd_codebook_calibrate(args: argparse.Namespace) -> int:
-    from .codebook import calibrate, load_codebook
+    from .codebook import load_codebook
     from .corpus import extract, files_digest, iter_jsonl
+    from .fitting import calibrate
     from .model import load_model
 
     texts: list[str] = []
@@ -391,9 +420,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     model = sub.add_parser("model", help="prepare or describe the activation model")
     msub = model.add_subparsers(dest="model_command", required=True)
-    msub.add_parser(
-        "prepare", help="locate, convert and cache the model; print where"
-    ).set_defaults(func=cmd_model_prepare)
+    prep = msub.add_parser("prepare", help="locate, convert and cache the model; print where")
+    prep.add_argument(
+        "--format",
+        choices=("safetensors", "onnx"),
+        default="safetensors",
+        help="onnx: also export the truncated model (the codebook's layers) for "
+        "model.backend 'onnx' (needs the torch and onnx extras, once)",
+    )
+    prep.add_argument(
+        "--quantize",
+        choices=("none", "int8"),
+        default="none",
+        help="with --format onnx: int8 dynamic quantisation of the weights",
+    )
+    prep.add_argument("--codebook", default=None, help="codebook whose layers to export")
+    prep.set_defaults(func=cmd_model_prepare)
     msub.add_parser("info", help="load the model and print a JSON description").set_defaults(
         func=cmd_model_info
     )

@@ -17,15 +17,19 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 from typing_extensions import Self  # pydantic's own dependency; typing.Self needs 3.11
 
-from .constants import DEFAULT_MODEL_NAME, ENV_CONFIG, ENV_PREFIX
+from .constants import (
+    ALARM_LEVELS,
+    DEFAULT_MODEL_NAME,
+    ENV_CONFIG,
+    ENV_PREFIX,
+    LEVELS,
+    SIGNALS,
+    Action,
+    FailMode,
+    Level,
+    Signal,
+)
 from .errors import ConfigurationError, UnknownPolicyError
-
-Level = Literal["clear", "notice", "warning", "critical"]
-Action = Literal["allow", "flag", "block"]
-FailMode = Literal["closed", "open"]
-Signal = Literal["injection", "jailbreak", "harmful", "anomaly"]
-LEVELS: tuple[Level, ...] = ("clear", "notice", "warning", "critical")
-SIGNALS: tuple[Signal, ...] = ("injection", "jailbreak", "harmful", "anomaly")
 
 
 def _deep_merge(base: dict[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
@@ -152,6 +156,18 @@ class ModelSettings(_Strict):
         16, ge=1, le=1024, description="Windows per forward pass inside one `encode`."
     )
     device: str = Field("cpu", description="torch device, e.g. `cuda`.")
+    shape_buckets: bool | None = Field(
+        None,
+        description="Pad windows to a few fixed lengths (and, with CUDA graphs, batches to "
+        "powers of two) so an accelerator sees few shapes (`null`: on for CUDA, off on CPU, "
+        "where padding is only extra work).",
+        json_schema_extra={"doc_default": "on for CUDA"},
+    )
+    cuda_graphs: bool = Field(
+        False,
+        description="On CUDA: capture one CUDA graph per bucketed shape and replay it (batch-1 "
+        "latency is launch-bound on a GPU; ignored on CPU).",
+    )
     cache_dir: Path | None = Field(
         None,
         description="Override of the cache directory (default `$ALKNET_FIREWALL_CACHE`).",
@@ -160,6 +176,14 @@ class ModelSettings(_Strict):
         None,
         description="Backend 'onnx': directory written by `alknet-firewall model prepare "
         "--format onnx` (default: the matching export in the cache directory).",
+    )
+    onnx_threads: int | None = Field(
+        None,
+        ge=1,
+        le=256,
+        description="Backend 'onnx': intra-op threads of the one ONNX Runtime session every "
+        "pool worker shares (`null`: every usable core).",
+        json_schema_extra={"doc_default": "usable cores"},
     )
     onnx_precision: Literal["float32", "int8"] = Field(
         "float32",
@@ -293,7 +317,7 @@ class PolicySettings(_Strict):
         for k, t in v.items():
             if not 0.0 <= t <= 1.0:
                 raise ValueError(f"threshold {k}={t} must lie in [0, 1]")
-        order = [v[k] for k in ("notice", "warning", "critical") if k in v]
+        order = [v[k] for k in ALARM_LEVELS if k in v]
         if order != sorted(order):
             raise ValueError("thresholds must increase: notice <= warning <= critical")
         return v

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 
 ENV_PREFIX = "ALKNET_FIREWALL_"
 
@@ -33,6 +34,17 @@ HUB_ALLOW_PATTERNS = (
 )
 
 HEADER_PREFIX = "x-alknet-firewall-"
+
+# -- the alarm protocol's vocabulary (defined once; config, scoring and verdicts use these) --
+Level = Literal["clear", "notice", "warning", "critical"]
+Action = Literal["allow", "flag", "block"]
+FailMode = Literal["closed", "open"]
+Signal = Literal["injection", "jailbreak", "harmful", "anomaly"]
+#: Alarm levels, lowest first; every level above ``clear`` has a threshold.
+LEVELS: tuple[Level, ...] = ("clear", "notice", "warning", "critical")
+#: Levels that have a score threshold (``LEVELS`` without ``clear``).
+ALARM_LEVELS: tuple[Level, ...] = LEVELS[1:]
+SIGNALS: tuple[Signal, ...] = ("injection", "jailbreak", "harmful", "anomaly")
 
 
 def cache_dir() -> Path:

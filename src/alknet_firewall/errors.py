@@ -21,6 +21,13 @@ class UnknownPolicyError(ConfigurationError):
     ``configuration_error``: the HTTP integrations answer it with their own reply)."""
 
 
+class CorpusError(FirewallError, ValueError):
+    """Training or calibration data cannot be used (too few texts, unknown kinds, labels that
+    do not match the features)."""
+
+    code = "corpus_error"
+
+
 class DependencyMissingError(FirewallError, ImportError):
     """An optional dependency (torch, transformers, ...) is not installed."""
 

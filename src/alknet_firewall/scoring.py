@@ -15,7 +15,12 @@ from typing import Any
 
 import numpy as np
 
-from .codebook import Codebook, surprise
+from .codebook import Codebook
+from .constants import ALARM_LEVELS, Level
+from .distributions import surprise
+from .features import WindowFeatures
+
+__all__ = ["Evidence", "ScoredBatch", "Scorer", "Scores", "level_for"]
 
 
 @dataclass(frozen=True)
@@ -82,15 +87,15 @@ class Scorer:
             self._W = np.stack([h.weight for h in cb.heads.values()], axis=1).astype(np.float32)
             self._b = np.array([h.bias for h in cb.heads.values()], dtype=np.float64)
         self._names = list(cb.heads)
-        from scipy.stats import chi2
+        from scipy.stats import chi2  # scipy.stats is slow to import
 
         self._chi2 = chi2
 
     # -- raw statistics ------------------------------------------------------------------------
-    def _concat(self, feats: Any) -> np.ndarray:
+    def _concat(self, feats: WindowFeatures) -> np.ndarray:
         return np.concatenate([feats.features[x] for x in self._layers], axis=1)
 
-    def raw_window_statistics(self, feats: Any) -> dict[str, np.ndarray]:
+    def raw_window_statistics(self, feats: WindowFeatures) -> dict[str, np.ndarray]:
         """Per window: each head's logit, and the anomaly statistic ``-log10 p``."""
         missing = [x for x in self._layers if x not in feats.features]
         if missing:
@@ -112,15 +117,11 @@ class Scorer:
         cb = self.codebook
         p_min = None
         for layer in self._layers:
-            st = cb.layer_stats[layer]
-            C = features[layer].astype(np.float64) - st.mean
-            proj = C @ st.basis.T.astype(np.float64)
-            z = proj / st.singular
+            z, resid = cb.layer_stats[layer].statistics(features[layer])
             k = z.shape[1]
             pc = cb.components(layer).two_sided(z)
             fisher = -2.0 * np.log(pc).sum(1)
             p_f = self._chi2.sf(fisher, 2 * k)
-            resid = np.maximum((C * C).sum(1) - (proj * proj).sum(1), 0.0) / C.shape[1]
             p_r = cb.spline(f"residual.{layer}").sf(resid)
             p = np.minimum(1.0, 2.0 * np.minimum(p_f, p_r))
             p_min = p if p_min is None else np.minimum(p_min, p)
@@ -128,13 +129,13 @@ class Scorer:
         p_all = np.clip(p_min * len(self._layers), 1e-300, 1.0)
         return -np.log10(p_all)
 
-    def raw_text_statistics(self, feats: Any) -> dict[str, np.ndarray]:
+    def raw_text_statistics(self, feats: WindowFeatures) -> dict[str, np.ndarray]:
         """Per text: the worst window's raw statistic."""
         raw = self.raw_window_statistics(feats)
         return {k: _max_per_text(v, feats.text_index, feats.n_texts)[0] for k, v in raw.items()}
 
     # -- calibrated scores ---------------------------------------------------------------------
-    def score_features(self, feats: Any) -> ScoredBatch:
+    def score_features(self, feats: WindowFeatures) -> ScoredBatch:
         cb = self.codebook
         raw = self.raw_window_statistics(feats)
         per_window: dict[str, np.ndarray] = {}
@@ -162,7 +163,7 @@ class Scorer:
             comp[t] = max(signals.values()) if signals else 0.0
         return ScoredBatch(texts=texts, composite=comp)
 
-    def _evidence(self, feats: Any, name: str, j: int, score: float) -> Evidence:
+    def _evidence(self, feats: WindowFeatures, name: str, j: int, score: float) -> Evidence:
         cb = self.codebook
         layer = self._layers[0]
         comps: tuple[tuple[int, float], ...] = ()
@@ -171,8 +172,7 @@ class Scorer:
                 # The layer and components with the smallest benign tail probabilities.
                 best_layer, best_p, best_idx = layer, 2.0, np.zeros(0, dtype=int)
                 for x in self._layers:
-                    st = cb.layer_stats[x]
-                    z = ((feats.features[x][j] - st.mean) @ st.basis.T) / st.singular
+                    z = cb.layer_stats[x].project(feats.features[x][j : j + 1])[0]
                     p = cb.components(x).two_sided(z[None, :])[0]
                     if p.min() < best_p:
                         best_layer, best_p, best_idx = x, float(p.min()), np.argsort(p)[:3]
@@ -187,7 +187,7 @@ class Scorer:
                 for li, x in enumerate(self._layers):
                     st = cb.layer_stats[x]
                     w = h.weight[self._offsets[li] : self._offsets[li + 1]]
-                    proj = (feats.features[x][j] - st.mean) @ st.basis.T
+                    proj = st.project(feats.features[x][j : j + 1], standardise=False)[0]
                     contrib = (st.basis @ w) * proj
                     if contrib.sum() > best_sum:
                         best_sum = float(contrib.sum())
@@ -218,9 +218,9 @@ def _max_per_text(
     return best, arg
 
 
-def level_for(score: float, thresholds: dict[str, float]) -> str:
+def level_for(score: float, thresholds: dict[str, float]) -> Level:
     """The alarm level a composite score reaches."""
-    for level in ("critical", "warning", "notice"):
+    for level in reversed(ALARM_LEVELS):
         t = thresholds.get(level)
         if t is not None and score >= t:
             return level
