@@ -1,6 +1,7 @@
 """The parts of the LiteLLM guardrail that need no litellm: policy selection, the config model
-and settings, the per-process firewall cache (``alknet_firewall.integrations.litellm``'s
-``policy``, ``settings`` and ``_shared``). The hooks are tested in ``test_litellm.py``."""
+and settings, what each hook screens, the per-process firewall cache
+(``alknet_firewall.integrations.litellm``'s ``policy``, ``settings``, ``subjects`` and
+``_shared``). The hooks are tested in ``test_litellm.py``."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from alknet_firewall.errors import ConfigurationError, ModelNotFoundError
 from alknet_firewall.integrations.litellm import _shared
 from alknet_firewall.integrations.litellm.policy import select_policy
 from alknet_firewall.integrations.litellm.settings import AlknetGuardrailConfigModel, build_settings
+from alknet_firewall.integrations.litellm.subjects import request_subject, response_text
 
 REPO = Path(__file__).resolve().parents[2]
 DOC = REPO / "docs" / "integrations" / "litellm.md"
@@ -40,6 +42,7 @@ def test_policy_settings_and_cache_import_without_litellm() -> None:
         from alknet_firewall.integrations.litellm import build_settings, get_firewall
         from alknet_firewall.integrations.litellm.policy import select_policy
         from alknet_firewall.integrations.litellm.settings import AlknetGuardrailConfigModel
+        from alknet_firewall.integrations.litellm.subjects import request_subject
         assert select_policy(None, {}, default_policy="default") == ("default", "default")
         assert AlknetGuardrailConfigModel().metadata_key == "alknet_policy"
         try:
@@ -144,6 +147,33 @@ def test_config_model_defaults_are_the_guardrails() -> None:
     assert model.metadata_key == "alknet_policy"
     assert model.response_headers is True
     assert model.request_policies is None and model.fail_mode is None
+
+
+# --------------------------------------------------------------------------------------------
+# What each hook screens
+# --------------------------------------------------------------------------------------------
+def test_request_subject_prefers_extracted_messages_then_body_then_prompts() -> None:
+    chat = [{"role": "user", "content": "hi"}]
+    assert request_subject({"messages": [{"role": "user", "content": "x"}]}, chat) == chat
+    assert request_subject({"messages": chat}) == chat
+    assert request_subject({"prompt": "p"}) == [{"role": "user", "content": "p"}]
+    assert request_subject({"input": ["a", "b"]}) == [
+        {"role": "user", "content": "a"},
+        {"role": "user", "content": "b"},
+    ]
+    assert request_subject({"input": [1, 2]}) is None  # token ids: nothing to screen
+    assert request_subject({"model": "m"}) is None
+
+
+def test_response_text_reads_content_and_tool_call_arguments() -> None:
+    call = {"function": {"name": "f", "arguments": '{"q": "x"}'}}
+    as_dict = {"choices": [{"message": {"content": "Paris.", "tool_calls": [call]}}]}
+    assert response_text(as_dict) == 'Paris.\n{"q": "x"}'
+    fn = SimpleNamespace(arguments="{}")
+    msg = SimpleNamespace(content=None, tool_calls=[SimpleNamespace(function=fn)])
+    assert response_text(SimpleNamespace(choices=[SimpleNamespace(message=msg)])) == "{}"
+    assert response_text({"choices": []}) is None
+    assert response_text({"choices": [{"message": {"content": ""}}]}) is None
 
 
 # --------------------------------------------------------------------------------------------

@@ -22,12 +22,14 @@ The keys are described by :class:`~.settings.AlknetGuardrailConfigModel` (and in
     The config model and :func:`build_settings` (guardrail parameters → firewall settings).
 ``records.py``
     Verdict records kept on the request for the response headers.
+``subjects.py``
+    What each hook screens (request messages, string prompts, a completion's answer).
 ``_shared.py``
     One :class:`~alknet_firewall.firewall.Firewall` per process and per distinct settings,
     built lazily on first use, in a thread, and shared by every guardrail instance.
 
-``policy``, ``settings`` and ``_shared`` import no litellm; the guardrail class (and so
-litellm) is imported on first access of :class:`AlknetFirewallGuardrail`.
+``policy``, ``settings``, ``subjects`` and ``_shared`` import no litellm; the guardrail class
+(and so litellm) is imported on first access of :class:`AlknetFirewallGuardrail`.
 """
 
 from __future__ import annotations

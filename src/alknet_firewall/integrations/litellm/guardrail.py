@@ -22,6 +22,7 @@ from .policy import PolicySource
 from .policy import select_policy as _select_policy
 from .records import records, remember, status_for, worst
 from .settings import DEFAULT_METADATA_KEY, AlknetGuardrailConfigModel, build_settings
+from .subjects import request_subject, response_text, user_text_messages
 
 if TYPE_CHECKING:  # pragma: no cover
     from litellm.caching import DualCache
@@ -46,43 +47,6 @@ _SUPPORTED_HOOKS = [
 class AlknetFirewallConfigModel(AlknetGuardrailConfigModel, GuardrailConfigModel):  # type: ignore[misc]
     """:class:`AlknetGuardrailConfigModel` on LiteLLM's ``GuardrailConfigModel`` base, as
     ``get_config_model()`` returns it to the proxy's UI."""
-
-
-def _user_text_messages(texts: Sequence[str]) -> list[dict[str, str]]:
-    return [{"role": "user", "content": t} for t in texts if isinstance(t, str)]
-
-
-def _response_text(response: Any) -> str | None:
-    """Assistant text (content and tool-call arguments) of a chat completion response."""
-    choices = getattr(response, "choices", None)
-    if choices is None and isinstance(response, Mapping):
-        choices = response.get("choices")
-    if not choices:
-        return None
-    parts: list[str] = []
-    for choice in choices:
-        msg = getattr(choice, "message", None)
-        if msg is None and isinstance(choice, Mapping):
-            msg = choice.get("message")
-        if msg is None:
-            continue
-        get = msg.get if isinstance(msg, Mapping) else lambda k, m=msg: getattr(m, k, None)
-        content = get("content")
-        if isinstance(content, str):
-            parts.append(content)
-        for call in get("tool_calls") or []:
-            fn = (
-                call.get("function")
-                if isinstance(call, Mapping)
-                else getattr(call, "function", None)
-            )
-            args = (
-                fn.get("arguments") if isinstance(fn, Mapping) else getattr(fn, "arguments", None)
-            )
-            if isinstance(args, str):
-                parts.append(args)
-    text = "\n".join(p for p in parts if p)
-    return text or None
 
 
 class AlknetFirewallGuardrail(CustomGuardrail):
@@ -348,24 +312,14 @@ class AlknetFirewallGuardrail(CustomGuardrail):
 
     def _request_subject(
         self, data: dict[str, Any], call_type: str | None
-    ) -> list[Mapping[str, Any]] | str | None:
+    ) -> list[Mapping[str, Any]] | None:
         messages = None
         if call_type:
             try:
                 messages = self.get_guardrails_messages_for_call_type(CallTypes(call_type), data)
             except ValueError:
                 messages = None
-        if messages is None:
-            messages = data.get("messages")
-        if isinstance(messages, list):
-            return messages
-        for key in ("prompt", "input"):
-            value = data.get(key)
-            if isinstance(value, str):
-                return _user_text_messages([value])
-            if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
-                return _user_text_messages(value)
-        return None
+        return request_subject(data, messages)
 
     def _not_run(self, data: dict[str, Any], why: str, event_type: GuardrailEventHooks) -> None:
         self.add_standard_logging_guardrail_information_to_request_data(
@@ -418,7 +372,7 @@ class AlknetFirewallGuardrail(CustomGuardrail):
         user_api_key_dict: UserAPIKeyAuth,
         response: Any,
     ) -> Any:
-        text = _response_text(response)
+        text = response_text(response)
         if text is None:
             self._not_run(data, "no assistant text in the response", GuardrailEventHooks.post_call)
             return None
@@ -439,7 +393,7 @@ class AlknetFirewallGuardrail(CustomGuardrail):
             subject = "\n".join(texts)
         else:
             structured = inputs.get("structured_messages")
-            subject = list(structured) if structured else _user_text_messages(texts)
+            subject = list(structured) if structured else user_text_messages(texts)
         if not subject:
             return inputs
         event = (
