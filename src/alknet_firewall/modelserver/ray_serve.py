@@ -120,7 +120,9 @@ class ModelDeployment:
                 batch_requests=batch,
             )
             return Response(body, media_type=wire.CONTENT_TYPE)
-        return _error(BadInputError(f"no route {request.method} {path}", status=404))
+        exc = BadInputError(f"no route {request.method} {path}")
+        body = wire.error_body(exc.code, f"{type(exc).__name__}: {exc}")
+        return Response(body, 404, media_type=wire.JSON_TYPE)
 
 
 def _replica_id() -> str | None:
@@ -175,27 +177,34 @@ def start(settings: Settings, *, init: bool = True) -> Any:
 
 
 def serve_forever(settings: Settings) -> int:
-    """``alknet-firewall model serve --engine ray``: run until SIGINT/SIGTERM, then stop Serve
-    (and the local Ray it started)."""
+    """``alknet-firewall model serve --engine ray``: run until SIGINT/SIGTERM (also during
+    start-up), then stop Serve (and the local Ray it started)."""
     import ray
 
     started_ray = not ray.is_initialized() and not settings.ray.address
-    start(settings)
-    r = settings.ray
-    sys.stderr.write(
-        f"alknet-firewall model server (Ray Serve) on http://{r.http_host}:{r.http_port} "
-        f"({r.num_replicas if not r.autoscaling else f'{r.min_replicas}..{r.max_replicas}'} "
-        f"replicas, {r.num_cpus} CPU / {r.num_gpus} GPU each)\n"
-    )
-    sys.stderr.flush()
     stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+
+    def trap() -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stop.set())
+
+    trap()
     try:
+        start(settings)
+        trap()  # Ray may have installed its own handlers while it started
+        r = settings.ray
+        replicas = f"{r.min_replicas}..{r.max_replicas}" if r.autoscaling else r.num_replicas
+        sys.stderr.write(
+            f"alknet-firewall model server (Ray Serve) on http://{r.http_host}:{r.http_port} "
+            f"({replicas} replicas, {r.num_cpus} CPU / {r.num_gpus} GPU each)\n"
+        )
+        sys.stderr.flush()
         while not stop.wait(1.0):
             pass
     finally:
-        serve.shutdown()
-        if started_ray:
-            ray.shutdown()
+        try:
+            serve.shutdown()
+        finally:
+            if started_ray:
+                ray.shutdown()
     return 0
