@@ -13,26 +13,39 @@ from collections.abc import Sequence
 from typing import Any
 
 
+def _raw_tokenizer(model: Any) -> Any | None:
+    """The model's ``tokenizers.Tokenizer``: its own (ONNX and remote backends) or the one
+    behind a transformers fast tokenizer."""
+    for name in ("tokenizer", "_tokenizer"):
+        tok = getattr(model, name, None)
+        if tok is None:
+            continue
+        raw = getattr(tok, "backend_tokenizer", None) or tok
+        if callable(getattr(raw, "encode", None)) and hasattr(raw, "encode_batch"):
+            return raw
+    return None
+
+
 def token_offsets(model: Any, text: str) -> list[tuple[int, int]] | None:
     """Character offsets ``(start, end)`` of each token ``model.tokenize([text])`` gives, or
     None when the model cannot tell (no fast tokenizer, or its offsets tokenise differently).
 
-    A model may provide ``token_offsets(text)`` itself (e.g. a remote backend).
+    A model may provide ``token_offsets(text)`` itself.
     """
     own = getattr(model, "token_offsets", None)
     if callable(own):
         return [(int(a), int(b)) for a, b in own(text)]
-    tok = getattr(model, "tokenizer", None)
-    if tok is None or not getattr(tok, "is_fast", True):
+    raw = _raw_tokenizer(model)
+    if raw is None:
         return None
     try:
-        enc = tok(text, add_special_tokens=False, return_offsets_mapping=True)
-    except (NotImplementedError, TypeError, ValueError):
+        enc = raw.encode(text, add_special_tokens=False)
+        ids, offsets = list(enc.ids), list(enc.offsets)
+    except (AttributeError, TypeError, ValueError):
         return None
-    ids = list(enc["input_ids"])
     if ids != list(model.tokenize([text])[0]):
         return None  # not the tokenisation the model screened: no span rather than a wrong one
-    return [(int(a), int(b)) for a, b in enc["offset_mapping"]]
+    return [(int(a), int(b)) for a, b in offsets]
 
 
 def char_span(
