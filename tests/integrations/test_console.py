@@ -482,3 +482,36 @@ def test_console_in_chromium(gateway_process: str, browser: Any) -> None:
     assert d.find_element(By.ID, "try-read").text == BENIGN
 
     assert _severe(d) == [], "the console logged errors in the browser"
+
+
+def test_gateway_mounts_the_console_behind_admin_keys(fw: Firewall) -> None:
+    from alknet_firewall.config import ServerSettings
+    from alknet_firewall.integrations.console import gateway_authorizer
+    from alknet_firewall.integrations.gateway import create_app
+
+    client_key = "gateway-client-key-0123456789"
+    server = {
+        "upstream": "http://127.0.0.1:9/v1",
+        "upstream_api_key": "sk-upstream",
+        "client_keys": [client_key],
+        "admin_keys": [KEY],
+    }
+    app = create_app(load_settings(None, pool={"warmup": False}, server=server), fw)
+    with TestClient(app) as c:
+        assert c.get("/console/").status_code == 401
+        assert c.get("/console/api/stats").status_code == 401
+        other = {"authorization": f"Bearer {client_key}"}
+        assert c.get("/console/api/stats", headers=other).status_code == 401
+        r = c.get("/console/api/stats", headers=AUTH)
+        assert r.status_code == 200 and r.json()["codebook"]["id"] == fw.codebook.id
+        assert c.get("/console/", headers=AUTH).status_code == 200
+        assert c.get("/console", headers=AUTH, follow_redirects=False).status_code in (307, 308)
+
+    # No keys at all: loopback clients only.
+    class Req:
+        def __init__(self, host: str) -> None:
+            self.client = type("Client", (), {"host": host})()
+
+    allow = gateway_authorizer(ServerSettings())
+    assert allow(Req("127.0.0.1")) and allow(Req("::1"))
+    assert not allow(Req("10.0.0.7")) and not allow(Req("testclient"))
