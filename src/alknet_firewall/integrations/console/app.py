@@ -145,7 +145,7 @@ def stats(fw: Firewall) -> dict[str, Any]:
         "model": {
             "name": desc.get("name"),
             "revision": desc.get("revision"),
-            "backend": getattr(s.model, "backend", "local"),
+            "backend": desc.get("backend") or getattr(s.model, "backend", "local"),
             "device": desc.get("device"),
             "dtype": desc.get("dtype"),
             "layers": desc.get("layers"),
