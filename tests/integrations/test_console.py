@@ -285,7 +285,7 @@ def gateway_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             yaml.safe_dump(
                 {
                     "detection": {"codebook": str(codebook_path())},
-                    "pool": {"workers": 1, "warmup": False},
+                    "pool": {"workers": 1, "warmup": True},  # the picture shows warm latency
                     "policies": {"default": {}, "monitor": {"monitor": True}},
                     "server": {
                         "upstream": upstream.url + "/v1",
@@ -382,8 +382,18 @@ def test_console_api_needs_the_admin_key(gateway_process: str) -> None:
             assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
         r = httpx.post(base + "/api/screen", json={"text": "hi"}, headers=headers)
         assert r.status_code == 401
+    r = httpx.post(base + "/api/screen", json={"text": "hello there"}, headers=AUTH, timeout=60)
+    assert r.status_code == 200 and r.json()["verdict"]["action"] == "allow"
     r = httpx.get(base + "/api/stats", headers=AUTH)
     assert r.status_code == 200 and r.json()["model"]["name"].endswith("SmolLM2-135M-Instruct")
+    # The console's totals are the /metrics counters.
+    exposition = httpx.get(gateway_process + "/metrics", headers=client).text
+    counted = sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in exposition.splitlines()
+        if line.startswith("alknet_firewall_verdicts_total{")
+    )
+    assert r.json()["total"]["verdicts"] == counted >= 1
     # The gateway's own routes keep using the client key.
     assert httpx.get(gateway_process + "/v1/models", headers=AUTH).status_code == 401
 
