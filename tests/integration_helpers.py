@@ -169,7 +169,7 @@ class FakeFirewall:
     async def ascreen(
         self, data: str | Sequence[Mapping[str, Any]], *, policy: str | None = None, **_: Any
     ) -> Any:
-        from alknet_firewall.firewall import extract_texts
+        from alknet_firewall.messages import extract_texts
 
         self.calls += 1
         extract_texts(data, ("user", "tool", "function"))

@@ -319,3 +319,18 @@ def test_close_under_load_never_hangs(codebook: Any) -> None:
     assert all(r.error_code in (None, "firewall_closed") for r in done)
     with pytest.raises(FirewallClosedError):
         fw.screen("hello")
+
+
+def test_screen_many_return_exceptions_closed_and_worker_init(codebook: Any) -> None:
+    fw, model = make(codebook, pool={"threads_per_worker": 3})
+    with fw:
+        out = fw.screen_many([benign_text(1), b"bytes"], return_exceptions=True)  # type: ignore[list-item]
+        assert isinstance(out[0], Verdict) and isinstance(out[1], BadInputError)
+        with pytest.raises(BadInputError):
+            fw.screen_many([benign_text(1), b"bytes"])  # type: ignore[list-item]
+        with pytest.warns(DeprecationWarning):
+            assert isinstance(fw.screen_many_safe([b"x"])[0], BadInputError)  # type: ignore[list-item]
+        assert model.worker_threads == 3  # the pool called the model's init_worker
+        assert not fw.closed
+    assert fw.closed
+    assert not getattr(model, "closed", False)  # a model passed in is the caller's to close

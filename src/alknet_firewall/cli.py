@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import BadInputError, FirewallError
+from .messages import extract_texts
 
 
 def _settings(args: argparse.Namespace) -> Any:
@@ -180,7 +181,9 @@ def scan_chunk(fw: Any, chunk: Sequence[str], policy: str | None) -> list[tuple[
     ok = [i for i, p in enumerate(parsed) if p[2] is None]
     verdicts: dict[int, Any] = {}
     if ok:
-        results = fw.screen_many_safe([parsed[i][1] for i in ok], policy=policy)
+        results = fw.screen_many(
+            [parsed[i][1] for i in ok], policy=policy, return_exceptions=True
+        )
         verdicts = dict(zip(ok, results, strict=True))
     out: list[tuple[str, Any]] = []
     for i, line in enumerate(chunk):
@@ -230,7 +233,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     records = read_jsonl(args.inputs)
     with _firewall(args) as fw:
-        verdicts = fw.screen_many_safe([r.text for r in records], policy=args.policy, progress=True)
+        verdicts = fw.screen_many(
+            [r.text for r in records], policy=args.policy, return_exceptions=True, progress=True
+        )
         thresholds = fw.thresholds(fw.settings.policy(args.policy))
     bad = [v for v in verdicts if isinstance(v, BaseException)]
     if bad:
@@ -309,8 +314,6 @@ def cmd_codebook_calibrate(args: argparse.Namespace) -> int:
             if isinstance(data, str):
                 texts.append(data)
             else:
-                from .firewall import extract_texts
-
                 texts.extend(t for _, t in extract_texts(data, ("user", "tool", "function"))[0])
     settings = _settings(args)
     cb = load_codebook(args.codebook or settings.detection.codebook)

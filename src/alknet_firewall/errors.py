@@ -1,4 +1,26 @@
-"""Exception hierarchy. Every error says what went wrong and what to do next."""
+"""Exception hierarchy. Every error says what went wrong and what to do next.
+
+Each class mixes in the built-in exception callers already catch, and carries a short
+machine-readable ``code``. HTTP statuses are not here: the integrations map errors to
+statuses in one place, :func:`alknet_firewall.integrations.openai_errors.status_for`.
+
+::
+
+    FirewallError                        code
+    ├── ConfigurationError (ValueError)  configuration_error  invalid or inconsistent settings
+    │   └── UnknownPolicyError           configuration_error  a call named an undefined policy
+    ├── CorpusError (ValueError)         corpus_error         unusable training/calibration data
+    ├── DependencyMissingError (ImportError)  dependency_missing  an optional extra is missing
+    ├── ModelError                       model_error          the model cannot load or run
+    │   └── ModelNotFoundError (FileNotFoundError)  model_not_found  no usable model files
+    ├── CodebookError                    codebook_error       missing, corrupt or foreign file
+    │   └── CodebookMismatchError        codebook_mismatch    built for another model
+    ├── BadInputError (ValueError)       bad_input            the input cannot be screened
+    │   └── InputTooLargeError           input_too_large      above a configured size limit
+    ├── OverloadError                    overloaded           queue full (``retry_after``)
+    ├── ScreenTimeoutError (TimeoutError)  screen_timeout     screening took too long
+    └── FirewallClosedError              firewall_closed      the firewall was closed
+"""
 
 from __future__ import annotations
 
@@ -63,18 +85,11 @@ class BadInputError(FirewallError, ValueError):
 
     code = "bad_input"
 
-    def __init__(self, message: str, *, status: int = 400) -> None:
-        super().__init__(message)
-        self.status = status
-
 
 class InputTooLargeError(BadInputError):
     """The input is above a configured size limit."""
 
     code = "input_too_large"
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message, status=413)
 
 
 class OverloadError(FirewallError):
@@ -97,6 +112,25 @@ class FirewallClosedError(FirewallError):
     """The firewall was closed; no new work is accepted."""
 
     code = "firewall_closed"
+
+
+__all__ = [
+    "BadInputError",
+    "CodebookError",
+    "CodebookMismatchError",
+    "ConfigurationError",
+    "CorpusError",
+    "DependencyMissingError",
+    "FirewallClosedError",
+    "FirewallError",
+    "InputTooLargeError",
+    "ModelError",
+    "ModelNotFoundError",
+    "OverloadError",
+    "ScreenTimeoutError",
+    "UnknownPolicyError",
+    "require",
+]
 
 
 def require(module: str, extra: str = "torch") -> None:

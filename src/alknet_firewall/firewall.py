@@ -6,22 +6,23 @@ import asyncio
 import concurrent.futures
 import hashlib
 import itertools
-import json
 import logging
 import re
 import sys
 import threading
 import time
+import warnings
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, overload
+
+from tqdm import tqdm
 
 from . import metrics
 from .codebook import Codebook, load_codebook
 from .config import LEVELS, ModelSettings, PolicySettings, Settings, coerce_settings
-from .constants import HEADER_PREFIX
 from .errors import (
     BadInputError,
     FirewallClosedError,
@@ -31,88 +32,17 @@ from .errors import (
     ScreenTimeoutError,
 )
 from .hardware import usable_cores
+from .messages import ScreenInput, extract_texts, rough_size
 from .model import READING_KEYS, ActivationModel, load_model
 from .normalize import normalize
 from .pool import BatchPool
 from .recorder import Recorder
 from .scoring import Scorer, Scores, level_for
+from .verdict import Verdict, error_code
+
+__all__ = ["SEAM_CHARS", "Firewall", "ScreenInput", "Verdict", "extract_texts"]
 
 log = logging.getLogger("alknet_firewall")
-
-#: A screen() input: one text, or OpenAI chat messages.
-ScreenInput = str | Sequence[Mapping[str, Any]]
-
-
-# --------------------------------------------------------------------------------------------
-# Alarm protocol
-# --------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Verdict:
-    """The firewall's answer for one request. JSON schema: ``docs/verdict.schema.json``."""
-
-    action: str  # allow | flag | block
-    level: str  # clear | notice | warning | critical
-    score: float
-    signals: dict[str, float]
-    #: Signal that set the level (None when clear or on error).
-    signal: str | None = None
-    #: Index (in the request's messages) of the message that drove the score.
-    message_index: int | None = None
-    #: Window of that message that drove it: token span, layer, top basis components.
-    window: dict[str, Any] | None = None
-    codebook_id: str = ""
-    policy: str = "default"
-    thresholds: dict[str, float] = field(default_factory=dict)
-    screened_messages: int = 0
-    cached_messages: int = 0
-    #: Content parts not screened (e.g. ``image_url``), by message index.
-    ignored: list[str] = field(default_factory=list)
-    latency_ms: float = 0.0
-    #: Set when the verdict comes from ``fail_mode`` after an internal failure.
-    error: str | None = None
-    error_code: str | None = None
-
-    @property
-    def blocked(self) -> bool:
-        return self.action == "block"
-
-    @property
-    def flagged(self) -> bool:
-        return self.action == "flag"
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["score"] = round(self.score, 6)
-        d["signals"] = {k: round(v, 6) for k, v in self.signals.items()}
-        d["latency_ms"] = round(self.latency_ms, 3)
-        return d
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), separators=(",", ":"), sort_keys=True)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> Verdict:
-        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
-
-    def headers(self) -> dict[str, str]:
-        """Compact header form (``x-alknet-firewall-*``), ASCII only."""
-        h = {
-            f"{HEADER_PREFIX}action": self.action,
-            f"{HEADER_PREFIX}level": self.level,
-            f"{HEADER_PREFIX}score": f"{self.score:.4f}",
-            f"{HEADER_PREFIX}signals": ",".join(
-                f"{k}={v:.4f}" for k, v in sorted(self.signals.items())
-            ),
-            f"{HEADER_PREFIX}codebook": self.codebook_id,
-            f"{HEADER_PREFIX}policy": self.policy,
-        }
-        if self.signal:
-            h[f"{HEADER_PREFIX}signal"] = self.signal
-        if self.message_index is not None:
-            h[f"{HEADER_PREFIX}message"] = str(self.message_index)
-        if self.error_code:
-            h[f"{HEADER_PREFIX}error"] = self.error_code
-        return h
 
 
 # --------------------------------------------------------------------------------------------
@@ -142,94 +72,7 @@ def _no_lone_surrogates(text: str) -> str:
     return text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
 
 
-def extract_texts(
-    data: ScreenInput, roles: Sequence[str]
-) -> tuple[list[tuple[int, str]], list[str]]:
-    """Texts to screen from a string or OpenAI chat messages, and what was ignored.
-
-    Raises :class:`BadInputError` for shapes that are not chat messages.
-    """
-    if isinstance(data, str):
-        return [(0, data)], []
-    if isinstance(data, (bytes, bytearray)):
-        raise BadInputError(
-            "screen() takes str or a list of chat messages, not bytes; decode first"
-        )
-    if isinstance(data, Mapping) or not isinstance(data, Sequence):
-        raise BadInputError(
-            f"screen() takes str or a list of chat messages, not {type(data).__name__}"
-        )
-    texts: list[tuple[int, str]] = []
-    ignored: list[str] = []
-    for i, msg in enumerate(data):
-        if not isinstance(msg, Mapping):
-            raise BadInputError(f"messages[{i}] must be an object, not {type(msg).__name__}")
-        role = msg.get("role")
-        if not isinstance(role, str):
-            raise BadInputError(f"messages[{i}].role must be a string")
-        if role not in roles:
-            continue
-        content = msg.get("content")
-        parts: list[str] = []
-        if content is None:
-            pass
-        elif isinstance(content, str):
-            parts.append(content)
-        elif isinstance(content, Sequence) and not isinstance(content, (bytes, bytearray)):
-            for j, part in enumerate(content):
-                if isinstance(part, str):
-                    parts.append(part)
-                    continue
-                if not isinstance(part, Mapping):
-                    raise BadInputError(f"messages[{i}].content[{j}] must be an object")
-                ptype = part.get("type")
-                if ptype in ("text", "input_text", "output_text"):
-                    text = part.get("text")
-                    if not isinstance(text, str):
-                        raise BadInputError(f"messages[{i}].content[{j}].text must be a string")
-                    parts.append(text)
-                else:
-                    ignored.append(f"messages[{i}].content[{j}]:{ptype}")
-        else:
-            raise BadInputError(
-                f"messages[{i}].content must be a string, a list of parts or null, "
-                f"not {type(content).__name__}"
-            )
-        # Tool-call arguments travel in assistant messages: screened when that role is.
-        calls = msg.get("tool_calls")
-        if calls is not None and (not isinstance(calls, Sequence) or isinstance(calls, str)):
-            raise BadInputError(f"messages[{i}].tool_calls must be a list")
-        for call in calls or []:
-            if isinstance(call, Mapping):
-                fn = call.get("function")
-                if isinstance(fn, Mapping) and isinstance(fn.get("arguments"), str):
-                    parts.append(fn["arguments"])
-        text = "\n".join(p for p in parts if p)
-        if text.strip():
-            texts.append((i, text))
-    return texts, ignored
-
-
 _OFFLOAD_CHARS = 20_000
-
-
-def _rough_size(data: Any) -> int:
-    """Characters of text in a request, cheaply (for deciding where to prepare it)."""
-    if isinstance(data, str):
-        return len(data)
-    total = 0
-    if isinstance(data, Sequence):
-        for msg in data:
-            content = msg.get("content") if isinstance(msg, Mapping) else None
-            if isinstance(content, str):
-                total += len(content)
-            elif isinstance(content, Sequence):
-                total += sum(
-                    len(p.get("text") or "")
-                    for p in content
-                    if isinstance(p, Mapping) and isinstance(p.get("text"), str)
-                )
-    return total
 
 
 # --------------------------------------------------------------------------------------------
@@ -490,7 +333,7 @@ class Firewall:
         submission, so a batch job's items never fail for waiting behind its own work."""
         t0 = time.perf_counter()
         name, pol = self._policy(policy)
-        if _rough_size(data) > _OFFLOAD_CHARS:
+        if rough_size(data) > _OFFLOAD_CHARS:
             # Normalising and hashing megabytes would stall the event loop: do it in a thread.
             prepared = await asyncio.to_thread(self._prepare, data, pol)
         else:
@@ -548,10 +391,39 @@ class Firewall:
         finally:
             waiter.cancel()
 
+    @overload
     def screen_many(
-        self, inputs: Sequence[ScreenInput], *, policy: str | None = None
-    ) -> list[Verdict]:
+        self,
+        inputs: Sequence[ScreenInput],
+        *,
+        policy: str | None = ...,
+        return_exceptions: Literal[False] = ...,
+        progress: bool = ...,
+    ) -> list[Verdict]: ...
+
+    @overload
+    def screen_many(
+        self,
+        inputs: Sequence[ScreenInput],
+        *,
+        policy: str | None = ...,
+        return_exceptions: Literal[True],
+        progress: bool = ...,
+    ) -> list[Verdict | FirewallError]: ...
+
+    def screen_many(
+        self,
+        inputs: Sequence[ScreenInput],
+        *,
+        policy: str | None = None,
+        return_exceptions: bool = False,
+        progress: bool = False,
+    ) -> list[Verdict] | list[Verdict | FirewallError]:
         """Screen many inputs at once (they share micro-batches). Order is kept.
+
+        ``return_exceptions=True`` (as in :func:`asyncio.gather`), for batch jobs: an input
+        that raises (bad input, overload) comes back as its exception in place instead of
+        failing the call. ``progress`` shows a bar on stderr.
 
         Batch rule: an input's ``pool.timeout_s`` counts from when a worker takes it, so no
         input fails for waiting behind the others (an interactive :meth:`ascreen` counts its
@@ -560,39 +432,17 @@ class Firewall:
         """
         limit = max(1, self.settings.pool.queue_size // 2)
 
-        async def run() -> list[Verdict]:
-            sem = asyncio.Semaphore(limit)
-
-            async def one(x: ScreenInput) -> Verdict:
-                async with sem:
-                    return await self._ascreen(x, policy, None, batch=True)
-
-            return list(await asyncio.gather(*(one(x) for x in inputs)))
-
-        return asyncio.run(run())
-
-    def screen_many_safe(
-        self,
-        inputs: Sequence[ScreenInput],
-        *,
-        policy: str | None = None,
-        progress: bool = False,
-    ) -> list[Verdict | BaseException]:
-        """Like :meth:`screen_many`, for batch jobs: bad inputs come back as exceptions in place,
-        and submissions are paced to the queue so a large batch never overloads the pool."""
-        from tqdm import tqdm
-
-        limit = max(1, self.settings.pool.queue_size // 2)
-
-        async def run() -> list[Verdict | BaseException]:
+        async def run() -> list[Any]:
             sem = asyncio.Semaphore(limit)
             bar = tqdm(total=len(inputs), unit="msg", disable=not progress, file=sys.stderr)
 
-            async def one(x: ScreenInput) -> Verdict | BaseException:
+            async def one(x: ScreenInput) -> Verdict | FirewallError:
                 async with sem:
                     try:
                         return await self._ascreen(x, policy, None, batch=True)
                     except FirewallError as exc:
+                        if not return_exceptions:
+                            raise
                         return exc
                     finally:
                         bar.update(1)
@@ -603,6 +453,21 @@ class Firewall:
                 bar.close()
 
         return asyncio.run(run())
+
+    def screen_many_safe(
+        self,
+        inputs: Sequence[ScreenInput],
+        *,
+        policy: str | None = None,
+        progress: bool = False,
+    ) -> list[Verdict | FirewallError]:
+        """Deprecated: ``screen_many(inputs, return_exceptions=True)``."""
+        warnings.warn(
+            "screen_many_safe() is deprecated; use screen_many(..., return_exceptions=True)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return self.screen_many(inputs, policy=policy, return_exceptions=True, progress=progress)
 
     # -- verdicts ------------------------------------------------------------------------------
     def _policy(self, name: str | None) -> tuple[str, PolicySettings]:
@@ -669,19 +534,14 @@ class Firewall:
         return verdict
 
     def _failure(self, exc: BaseException, name: str, pol: PolicySettings, t0: float) -> Verdict:
-        code = exc.code if isinstance(exc, FirewallError) else "internal_error"
-        closed = pol.fail_mode == "closed"
-        verdict = Verdict(
-            action="block" if closed and not pol.monitor else "flag",
-            level="critical" if closed else "notice",
-            score=1.0 if closed else 0.0,
-            signals={},
+        code = error_code(exc)
+        verdict = Verdict.failed(
+            exc,
+            name,
+            pol,
             codebook_id=self.codebook.id,
-            policy=name,
             thresholds=self.thresholds(pol),
             latency_ms=(time.perf_counter() - t0) * 1000.0,
-            error=f"{exc.__class__.__name__}: {exc}",
-            error_code=code,
         )
         log.error(
             "screening failed (%s); fail_mode=%s gives action=%s",

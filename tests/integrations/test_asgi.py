@@ -14,7 +14,7 @@ from fastapi import FastAPI, Request, WebSocket
 from starlette.responses import PlainTextResponse, Response, StreamingResponse
 
 from alknet_firewall.errors import BadInputError
-from alknet_firewall.integrations.asgi import FirewallMiddleware, screen_input
+from alknet_firewall.integrations.asgi import FirewallMiddleware, messages_from_body
 from tests.integration_helpers import (
     ATTACK,
     BENIGN,
@@ -312,9 +312,9 @@ def test_invalid_json_pass_option(firewall: Any) -> None:
 # --------------------------------------------------------------------------------------------
 # Pure helpers and properties (no model)
 # --------------------------------------------------------------------------------------------
-def test_screen_input_shapes() -> None:
-    assert screen_input({"prompt": "a"}) == [{"role": "user", "content": "a"}]
-    items = screen_input(
+def test_messages_from_body_shapes() -> None:
+    assert messages_from_body({"prompt": "a"}) == [{"role": "user", "content": "a"}]
+    items = messages_from_body(
         {
             "input": [
                 "s",
@@ -346,7 +346,7 @@ def test_screen_input_shapes() -> None:
         {"messages": [{"tool_calls": 5}]},
     ):
         with pytest.raises(BadInputError):
-            screen_input(bad)
+            messages_from_body(bad)
 
 
 @pytest.fixture(scope="module")

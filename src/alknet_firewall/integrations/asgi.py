@@ -69,7 +69,7 @@ class Screener(Protocol):
 # --------------------------------------------------------------------------------------------
 # OpenAI request bodies -> what Firewall.ascreen takes
 # --------------------------------------------------------------------------------------------
-def screen_input(body: Any) -> list[Any]:
+def messages_from_body(body: Any) -> list[Any]:
     """Chat messages to screen from an OpenAI-style request body.
 
     Every field that carries prompt text is collected, in this order, so a field cannot be
@@ -107,6 +107,10 @@ def screen_input(body: Any) -> list[Any]:
     if isinstance(instructions, str):
         out.append({"role": "system", "content": instructions})
     return out
+
+
+#: Deprecated name of :func:`messages_from_body` (it converts a body; it screens nothing).
+screen_input = messages_from_body
 
 
 def _json_type(v: Any) -> str:
@@ -501,7 +505,7 @@ class _ScreeningResponder:
                 return openai_errors.firewall_unavailable()
         name, source = None, "default"
         try:
-            messages = screen_input(data)
+            messages = messages_from_body(data)
             name, source = await self._policy(scope)
             self.verdict = await fw.ascreen(messages, policy=name)
         except ConfigurationError as exc:
@@ -578,7 +582,7 @@ __all__: Sequence[str] = [
     "Body",
     "FirewallMiddleware",
     "Screener",
+    "messages_from_body",
     "receive_body",
     "refuse",
-    "screen_input",
 ]

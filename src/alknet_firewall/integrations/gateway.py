@@ -7,7 +7,8 @@ uvicorn (``127.0.0.1:8080`` by default). Point any OpenAI client at ``http://HOS
   :class:`~alknet_firewall.integrations.asgi.FirewallMiddleware`, then forwarded byte for byte
   (``stream: true`` comes back as server-sent events, chunk by chunk, unbuffered);
 * ``GET /v1/models`` (and ``/v1/models/{id}``): forwarded;
-* ``GET /healthz``: ``{"status", "codebook", "queue_depth"}``;
+* ``GET /healthz``: ``{"status", "codebook", "queue_depth", "model"}`` (model: backend, dtype
+  and why, device);
 * ``GET /console/``: the operator console and its JSON API (``docs/console.md``);
 * ``GET /metrics``: Prometheus text format (behind the client keys, or on its own port).
 
@@ -269,12 +270,17 @@ def create_app(
 
     async def healthz(request: Request) -> Response:
         fw = getattr(request.state, STATE_FIREWALL)
-        closed = bool(getattr(fw, "_closed", False))
+        closed = bool(getattr(fw, "closed", False))
         codebook = getattr(getattr(fw, "codebook", None), "id", None)
         pool = getattr(fw, "pool", None)
         depth = pool.queue_depth() if pool is not None else 0
         return JSONResponse(
-            {"status": "closed" if closed else "ok", "codebook": codebook, "queue_depth": depth},
+            {
+                "status": "closed" if closed else "ok",
+                "codebook": codebook,
+                "queue_depth": depth,
+                "model": _model_brief(fw),
+            },
             status_code=503 if closed else 200,
         )
 
@@ -474,3 +480,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
             if metrics_server is not None:
                 metrics_server.shutdown()
     return code
+
+
+def _model_brief(fw: Any) -> dict[str, Any]:
+    """What runs the model (``/healthz``): backend, dtype and why, device."""
+    try:
+        info = fw.model.describe()
+    except Exception:  # a remote backend that is down must not fail the health check
+        return {}
+    keys = ("backend", "dtype", "dtype_reason", "device")
+    return {k: info[k] for k in keys if k in info}

@@ -41,6 +41,7 @@ from ..errors import (
     BadInputError,
     FirewallClosedError,
     FirewallError,
+    InputTooLargeError,
     OverloadError,
     ScreenTimeoutError,
 )
@@ -154,8 +155,10 @@ def blocked(verdict: Verdict, status: int = 400) -> ErrorReply:
 
 def status_for(exc: BaseException) -> int:
     """HTTP status for an error raised while screening."""
-    if isinstance(exc, BadInputError):  # InputTooLargeError carries 413
-        return exc.status
+    if isinstance(exc, InputTooLargeError):
+        return 413
+    if isinstance(exc, BadInputError):
+        return 400
     if isinstance(exc, OverloadError):
         return 429
     if isinstance(exc, (FirewallClosedError, ScreenTimeoutError)):

@@ -16,6 +16,7 @@ import numpy as np
 from ..config import ModelSettings, Settings
 from ..errors import BadInputError, CodebookMismatchError, InputTooLargeError
 from ..features import Window, WindowFeatures
+from ..integrations.openai_errors import status_for
 from ..model import wire
 from ..model.base import IDENTITY_KEYS, READING_KEYS
 
@@ -166,7 +167,7 @@ def error_status(exc: BaseException) -> tuple[int, str]:
     if isinstance(exc, CodebookMismatchError):
         return 409, exc.code
     if isinstance(exc, BadInputError):
-        return exc.status, exc.code
+        return status_for(exc), exc.code
     if isinstance(exc, FirewallError):
         return 500, exc.code
     return 500, "internal_error"

@@ -170,7 +170,7 @@ def recent(fw: Firewall, limit: int, *, show_text: bool) -> list[dict[str, Any]]
 
 
 def _original_text(data: Any, message_index: int | None, roles: Any) -> str | None:
-    from ...firewall import extract_texts
+    from ...messages import extract_texts
 
     if isinstance(data, str):
         return data
@@ -394,7 +394,7 @@ def console_app(
         try:
             result = await screen(fw, data, policy)
         except BadInputError as exc:
-            return error(exc.status, str(exc), exc.code)
+            return error(openai_errors.status_for(exc), str(exc), exc.code)
         except FirewallError as exc:
             reply = openai_errors.from_exception(exc)
             return Response(reply.content(), reply.status, reply.headers, "application/json")
