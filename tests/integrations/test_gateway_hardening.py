@@ -202,6 +202,20 @@ def test_exposure_check() -> None:
     check_exposure(ServerSettings(host="0.0.0.0"))  # passthrough: the client's own key
 
 
+def test_client_keys_need_an_upstream_key() -> None:
+    """Passthrough forwards the client's Authorization: it cannot also carry a gateway key."""
+    from alknet_firewall.config import load_settings
+    from alknet_firewall.integrations.gateway import create_app
+    from tests.integration_helpers import FakeFirewall
+
+    up = {"upstream": "http://127.0.0.1:9/v1"}
+    with pytest.raises(ConfigurationError, match="upstream_api_key"):
+        create_app(load_settings(None, server={**up, "client_keys": [KEY_RAW]}), FakeFirewall())
+    with pytest.raises(ConfigurationError, match="metrics_auth"):
+        create_app(load_settings(None, server={**up, "metrics_auth": True}), FakeFirewall())
+    create_app(load_settings(None, server=up), FakeFirewall())  # passthrough as before
+
+
 @pytest.mark.slow
 def test_serve_refuses_to_be_an_open_relay(run_cli: Any, tmp_path: Path) -> None:
     env = {
