@@ -381,8 +381,8 @@ def _layer_bench(config: Any, tokens: int = 72, repeats: int = 5) -> Callable[[s
         for key in ("pad_token_id", "bos_token_id", "eos_token_id"):
             if hasattr(cfg, key):
                 setattr(cfg, key, None)
-        with quiet_transformers():
-            model = AutoModel.from_config(cfg, dtype=getattr(torch, dtype)).eval()
+        # (runs inside the caller's quiet_transformers(); nesting it would re-enable bars)
+        model = AutoModel.from_config(cfg, dtype=getattr(torch, dtype)).eval()
         ids = torch.randint(0, 256, (1, tokens), generator=torch.Generator().manual_seed(0))
         previous = torch.get_num_threads()
         torch.set_num_threads(1)
