@@ -31,6 +31,25 @@ from .constants import (
 )
 from .errors import ConfigurationError, UnknownPolicyError
 
+__all__ = [
+    "LEVELS",
+    "SIGNALS",
+    "Action",
+    "DetectionSettings",
+    "FailMode",
+    "Level",
+    "ModelServerSettings",
+    "ModelSettings",
+    "PolicySettings",
+    "PoolSettings",
+    "RaySettings",
+    "ServerSettings",
+    "Settings",
+    "Signal",
+    "coerce_settings",
+    "load_settings",
+]
+
 
 def _deep_merge(base: dict[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
     """``base`` with ``changes`` merged in: mappings merge key by key, anything else (a settings

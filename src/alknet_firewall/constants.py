@@ -6,6 +6,28 @@ import os
 from pathlib import Path
 from typing import Literal
 
+__all__ = [
+    "ALARM_LEVELS",
+    "DEFAULT_MODEL_NAME",
+    "EMBEDDED_DISTRIBUTION",
+    "EMBEDDED_GGUF_NAME",
+    "EMBEDDED_REVISION",
+    "ENV_CACHE",
+    "ENV_CONFIG",
+    "ENV_GGUF",
+    "ENV_PREFIX",
+    "HEADER_PREFIX",
+    "HUB_ALLOW_PATTERNS",
+    "LEVELS",
+    "SIGNALS",
+    "Action",
+    "FailMode",
+    "Level",
+    "Signal",
+    "cache_dir",
+]
+
+
 ENV_PREFIX = "ALKNET_FIREWALL_"
 
 #: Path of a YAML configuration file read by :func:`alknet_firewall.config.load_settings`.

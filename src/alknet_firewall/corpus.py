@@ -23,6 +23,20 @@ from .features import Window, WindowFeatures
 from .model.base import IDENTITY_KEYS, ActivationModel
 from .normalize import normalize
 
+__all__ = [
+    "DOCUMENT_SOURCES",
+    "INJECTION_KINDS",
+    "Record",
+    "augment",
+    "cached_extract",
+    "extract",
+    "files_digest",
+    "iter_jsonl",
+    "read_jsonl",
+    "select_windows",
+]
+
+
 INJECTION_KINDS = ("direct_injection", "prompt_extraction")
 DOCUMENT_SOURCES = ("gsm8k", "self_instruct", "oasst", "fastchat", "truthfulqa", "humaneval")
 

@@ -9,6 +9,16 @@ from typing import Any
 
 import numpy as np
 
+__all__ = [
+    "FLAGGED_LEVELS",
+    "roc_auc",
+    "summarise",
+    "to_markdown",
+    "tpr_at_fpr",
+    "write_report",
+]
+
+
 FLAGGED_LEVELS = ("warning", "critical")
 
 

@@ -7,6 +7,12 @@ import json
 import logging
 import sys
 
+__all__ = [
+    "JsonFormatter",
+    "configure",
+]
+
+
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
 
 

@@ -9,6 +9,12 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
+__all__ = [
+    "Metrics",
+    "get",
+]
+
+
 _LOCK = threading.Lock()
 _METRICS: Metrics | None = None
 

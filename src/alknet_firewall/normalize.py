@@ -11,6 +11,11 @@ from __future__ import annotations
 import re
 import unicodedata
 
+__all__ = [
+    "normalize",
+]
+
+
 # Cyrillic and Greek letters that render like Latin ones.
 _CONFUSABLES = str.maketrans(
     {

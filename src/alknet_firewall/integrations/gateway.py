@@ -47,6 +47,17 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..config import Settings
     from ..firewall import Firewall
 
+__all__ = [
+    "SCREENED",
+    "STATE_HTTP",
+    "add_serve_command",
+    "check_exposure",
+    "check_upstream",
+    "cmd_serve",
+    "create_app",
+]
+
+
 log = logging.getLogger("alknet_firewall.gateway")
 
 #: Lifespan-state key of the shared ``httpx.AsyncClient``.

@@ -49,6 +49,31 @@ from ..errors import (
 if TYPE_CHECKING:  # pragma: no cover
     from ..firewall import Verdict
 
+__all__ = [
+    "BLOCKED_CODE",
+    "INVALID_REQUEST",
+    "RATE_LIMIT",
+    "SERVER_ERROR",
+    "ASGISend",
+    "ErrorReply",
+    "blocked",
+    "body_too_large",
+    "error_body",
+    "firewall_unavailable",
+    "from_exception",
+    "invalid_json",
+    "invalid_request",
+    "request_timeout",
+    "shutting_down",
+    "status_for",
+    "unauthorized",
+    "unknown_policy",
+    "unsupported_media_type",
+    "upstream_timeout",
+    "upstream_unreachable",
+]
+
+
 ASGISend = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
 #: ``type`` field by status class, as OpenAI uses them.

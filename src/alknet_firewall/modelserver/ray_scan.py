@@ -3,7 +3,7 @@ ray INPUT --output OUT``, or :func:`scan` from Python.
 
 Each actor of the pool (``map_batches``, ``compute=ActorPoolStrategy(size=ray.scan_actors)``)
 builds one :class:`~alknet_firewall.firewall.Firewall` and screens its batches exactly as the
-local scan does (the same :func:`~alknet_firewall.cli.scan_chunk`), so verdicts are identical
+local scan does (the same :func:`~alknet_firewall.scan.scan_chunk`), so verdicts are identical
 (up to bf16 noise between batch shapes, and cache hits, which depend on batching); the driver
 writes the output lines in input order, in the local scan's format. JSONL inputs are read as
 text so that every output line is its input line with ``"verdict"`` appended; a Parquet row
@@ -32,7 +32,7 @@ class _ScanActor:
         self.policy = policy
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list[Any]]:
-        from ..cli import scan_chunk
+        from ..scan import scan_chunk
 
         lines = [str(x).rstrip("\r\n") for x in batch["text"]]
         keep = [i for i, line in enumerate(lines) if line.strip()]
@@ -86,7 +86,7 @@ def scan(
     """Screen every line (JSONL) or row (Parquet) of ``inputs`` with an actor pool and write
     ``output`` (``-`` for stdout) in input order. Uses the running Ray (``ray.init`` first to
     choose the cluster) or starts one per ``ray.address``. Returns ``scanned`` and the outcome
-    counts of :func:`~alknet_firewall.cli.scan_chunk` (action, ``error``, ``failed:<code>``)."""
+    counts of :func:`~alknet_firewall.scan.scan_chunk` (action, ``error``, ``failed:<code>``)."""
     import sys
 
     import ray
@@ -95,9 +95,17 @@ def scan(
     if codebook:
         settings = settings.merged(detection={"codebook": str(codebook)})
     r = settings.ray
-    # One firewall per actor: one worker on the actor's CPUs, no warm-up burst.
+    # One firewall per actor: one worker on the actor's CPUs (never more: other actors share
+    # the node), no warm-up.
     threads = max(1, int(r.scan_cpus_per_actor))
-    settings = settings.merged(pool={"workers": 1, "threads_per_worker": threads, "warmup": False})
+    settings = settings.merged(
+        pool={
+            "workers": 1,
+            "threads_per_worker": threads,
+            "burst_threads": threads,
+            "warmup": False,
+        }
+    )
     started = False
     if not ray.is_initialized():
         kwargs: dict[str, Any] = {"include_dashboard": False}
