@@ -128,4 +128,11 @@ class Results(TypedDict, total=False):
     tfidf: dict[str, Any]
     coldstart: dict[str, Any]
     rss: RSS
+    #: bench_dtype.py: torch float32/bfloat16 at 1 and 2 threads; what dtype auto chose
+    dtype: dict[str, Any]
+    #: bench_dtype.py: the lone-request burst on and off, 1 and 32 clients
+    cores: dict[str, Any]
+    #: bench_onnx.py: ONNX Runtime latency, throughput, verdict deltas; fresh-process figures
+    onnx: dict[str, Any]
+    onnx_process: dict[str, Any]
     targets: list[Target]

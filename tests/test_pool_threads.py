@@ -35,6 +35,17 @@ def test_batch_threads_decision(
     assert got == want
 
 
+@pytest.mark.parametrize(
+    ("idle", "want"),
+    [(2.0, 2), (1.6, 2), (1.4, 1), (0.0, 1), (7.6, 4), (3.2, 3)],
+)
+def test_a_burst_takes_only_the_cores_other_processes_leave_idle(idle: float, want: int) -> None:
+    got = batch_threads(
+        queue_depth=0, others_busy=0, threads=1, burst_threads=4 if idle > 2 else 2, idle_cores=idle
+    )
+    assert got == want
+
+
 def _recording_pool(
     gate: threading.Event | None = None, workers: int = 2
 ) -> tuple[BatchPool[int, int], list[tuple[int, int]]]:
@@ -99,3 +110,20 @@ def test_without_set_threads_nothing_is_counted() -> None:
     finally:
         pool.close()
     assert pool.stats().burst_batches == 0
+
+
+def test_no_burst_while_other_processes_hold_the_cores() -> None:
+    seen: list[int] = []
+    pool: BatchPool[int, int] = BatchPool(
+        lambda xs: xs,
+        workers=1,
+        threads=1,
+        burst_threads=4,
+        set_threads=seen.append,
+        idle_cores=lambda: 0.4,  # another process keeps the machine busy
+    )
+    try:
+        assert pool.submit(1).result(5) == 1
+    finally:
+        pool.close()
+    assert seen == [] and pool.stats().burst_batches == 0

@@ -1,4 +1,10 @@
-"""The firewall: the API every integration calls, and the alarm protocol (``Verdict``)."""
+"""The firewall: the API every integration calls (``Verdict`` lives in :mod:`.verdict`).
+
+Size (~600 lines): one class whose parts share its state — input preparation (seams, the
+screening cache), the pool's batch function, sync/async/batch screening with their timeout
+rules, and verdict composition. Message parsing, the verdict, scoring and the pool are already
+their own modules; splitting the class further would pass its state around instead.
+"""
 
 from __future__ import annotations
 
@@ -31,7 +37,7 @@ from .errors import (
     OverloadError,
     ScreenTimeoutError,
 )
-from .hardware import usable_cores
+from .hardware import idle_cores_probe, usable_cores
 from .messages import ScreenInput, extract_texts, rough_size
 from .model import READING_KEYS, ActivationModel, load_model
 from .normalize import normalize
@@ -125,6 +131,7 @@ class Firewall:
             threads=p.threads_per_worker,
             burst_threads=p.burst_threads or usable_cores(),
             set_threads=self.model.init_worker,
+            idle_cores=idle_cores_probe(),
         )
         self.pool.start()
         if p.warmup:

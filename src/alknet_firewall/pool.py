@@ -20,6 +20,13 @@ from typing import Any, Generic, TypeVar
 
 from .errors import FirewallClosedError, OverloadError
 
+__all__ = [
+    "BatchPool",
+    "PoolStats",
+    "batch_threads",
+]
+
+
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -58,17 +65,25 @@ class PoolStats:
 
 
 def batch_threads(
-    *, queue_depth: int, others_busy: int, threads: int, burst_threads: int | None
+    *,
+    queue_depth: int,
+    others_busy: int,
+    threads: int,
+    burst_threads: int | None,
+    idle_cores: float | None = None,
 ) -> int:
     """Intra-op threads for the batch a worker is about to run.
 
     A lone request — nothing queued behind it and every other worker idle — may use every core
-    (``burst_threads``); as soon as there is other work each worker keeps to ``threads`` (one
-    core each by default), which is what maximises throughput under load.
+    (``burst_threads``), or as many as other processes leave idle (``idle_cores``, rounded);
+    as soon as there is other work each worker keeps to ``threads`` (one core each by
+    default), which is what maximises throughput under load.
     """
-    if burst_threads and burst_threads > threads and queue_depth == 0 and others_busy == 0:
-        return burst_threads
-    return threads
+    if not burst_threads or burst_threads <= threads or queue_depth or others_busy:
+        return threads
+    if idle_cores is not None:
+        burst_threads = min(burst_threads, int(idle_cores + 0.5))
+    return max(threads, burst_threads)
 
 
 class BatchPool(Generic[T, R]):
@@ -90,6 +105,7 @@ class BatchPool(Generic[T, R]):
         threads: int = 1,
         burst_threads: int | None = None,
         set_threads: Callable[[int], None] | None = None,
+        idle_cores: Callable[[], float] | None = None,
     ) -> None:
         self._fn = fn
         #: Per-batch thread count: ``set_threads(n)`` runs on the worker thread before a batch
@@ -97,6 +113,7 @@ class BatchPool(Generic[T, R]):
         self._threads_each = max(1, threads)
         self._burst = burst_threads
         self._set_threads = set_threads
+        self._idle_cores = idle_cores
         self._workers_wanted = workers
         self._max_cost = max(1, max_batch_cost)
         self._max_wait = max_wait_ms / 1000.0
@@ -275,6 +292,7 @@ class BatchPool(Generic[T, R]):
                         others_busy=len(self._busy_since) - 1,
                         threads=self._threads_each,
                         burst_threads=self._burst,
+                        idle_cores=self._idle_now(),
                     )
                     if want != self._threads_each and self._set_threads is not None:
                         self._stats.burst_batches += 1
@@ -292,6 +310,15 @@ class BatchPool(Generic[T, R]):
                     return  # a replacement took over while this one was stuck
             if stop_after:
                 return
+
+    def _idle_now(self) -> float | None:
+        """Cores other processes leave idle (only asked when a burst is possible)."""
+        if self._idle_cores is None or self._set_threads is None or not self._burst:
+            return None
+        try:
+            return self._idle_cores()
+        except Exception:  # pragma: no cover - never let a probe stop a batch
+            return None
 
     def _execute(self, batch: list[_Job[T, R]]) -> None:
         t0 = time.perf_counter()
