@@ -170,3 +170,37 @@ def test_the_checker_sees_function_local_and_relative_imports() -> None:
     for node in ast.walk(tree):
         found.update(_targets("model.remote", False, node, known))
     assert found == {"firewall", "model.wire"}
+
+
+#: A module longer than this says at the top of its docstring why (``Size (...)``).
+MAX_LINES = 460
+
+
+def test_every_module_declares_its_public_names() -> None:
+    missing = []
+    for name, path in _modules().items():
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        declared = any(
+            isinstance(n, (ast.Assign, ast.AnnAssign))
+            and any(
+                isinstance(t, ast.Name) and t.id == "__all__"
+                for t in (n.targets if isinstance(n, ast.Assign) else [n.target])
+            )
+            for n in tree.body
+        )
+        if not declared:
+            missing.append(name)
+    assert not missing, f"modules without __all__: {missing}"
+
+
+def test_large_modules_say_why() -> None:
+    unexplained = []
+    for name, path in _modules().items():
+        text = path.read_text(encoding="utf-8")
+        doc = ast.get_docstring(ast.parse(text)) or ""
+        if len(text.splitlines()) > MAX_LINES and "Size (" not in doc:
+            unexplained.append(f"{name} ({len(text.splitlines())} lines)")
+    assert not unexplained, (
+        f"modules over {MAX_LINES} lines need a 'Size (...)' reason in their docstring: "
+        f"{unexplained}"
+    )

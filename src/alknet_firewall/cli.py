@@ -4,14 +4,27 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+from tqdm import tqdm
+
+from .codebook import load_codebook
+from .config import load_settings
+from .corpus import augment, cached_extract, extract, files_digest, iter_jsonl, read_jsonl
 from .errors import BadInputError, FirewallError
+from .evaluation import summarise, write_report
+from .firewall import Firewall
+from .fitting import CodebookBuilder, calibrate
+from .logs import configure
 from .messages import extract_texts
+from .model import IDENTITY_KEYS, READING_KEYS, load_model, resolve
+from .model.onnx import export_onnx
 from .scan import input_of, scan_chunk, scan_line
 
 __all__ = [
@@ -30,7 +43,6 @@ __all__ = [
 
 
 def _settings(args: argparse.Namespace) -> Any:
-    from .config import load_settings
 
     return load_settings(getattr(args, "config", None))
 
@@ -40,7 +52,6 @@ def _print_json(obj: Any) -> None:
 
 
 def cmd_model_prepare(args: argparse.Namespace) -> int:
-    from .model import resolve
 
     if getattr(args, "format", "safetensors") == "onnx":
         return _prepare_onnx(args)
@@ -59,9 +70,6 @@ def cmd_model_prepare(args: argparse.Namespace) -> int:
 
 def _prepare_onnx(args: argparse.Namespace) -> int:
     """Export the truncated model for the codebook's layers and reading settings, once."""
-    from .codebook import load_codebook
-    from .model import READING_KEYS
-    from .model.onnx import export_onnx
 
     settings = _settings(args)
     codebook = load_codebook(args.codebook or settings.detection.codebook)
@@ -84,7 +92,6 @@ def _prepare_onnx(args: argparse.Namespace) -> int:
 
 
 def cmd_model_info(args: argparse.Namespace) -> int:
-    from .model import load_model
 
     _print_json(load_model(_settings(args)).describe())
     return 0
@@ -92,7 +99,6 @@ def cmd_model_info(args: argparse.Namespace) -> int:
 
 # -- detection ---------------------------------------------------------------------------------
 def _firewall(args: argparse.Namespace, *, single: bool = False) -> Any:
-    from .firewall import Firewall
 
     settings = _settings(args)
     pool: dict[str, Any] = {"warmup": False}
@@ -132,7 +138,6 @@ def cmd_scan(args: argparse.Namespace) -> int:
         )
         scanned = counts.pop("scanned")
         return scan_report(counts, scanned)
-    from tqdm import tqdm
 
     src = sys.stdin if args.input == "-" else open(args.input, encoding="utf-8")  # noqa: SIM115
     out = sys.stdout if args.output == "-" else open(args.output, "w", encoding="utf-8")  # noqa: SIM115
@@ -171,10 +176,6 @@ def scan_report(counts: dict[str, int], scanned: int) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    import numpy as np
-
-    from .corpus import read_jsonl
-    from .evaluation import summarise, write_report
 
     records = read_jsonl(args.inputs)
     with _firewall(args) as fw:
@@ -207,9 +208,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_codebook_build(args: argparse.Namespace) -> int:
-    from .corpus import augment, cached_extract, files_digest, read_jsonl
-    from .fitting import CodebookBuilder
-    from .model import IDENTITY_KEYS, load_model
 
     settings = _settings(args)
     ms = settings.model
@@ -245,10 +243,6 @@ def cmd_codebook_build(args: argparse.Namespace) -> int:
 
 
 def cmd_codebook_calibrate(args: argparse.Namespace) -> int:
-    from .codebook import load_codebook
-    from .corpus import extract, files_digest, iter_jsonl
-    from .fitting import calibrate
-    from .model import load_model
 
     texts: list[str] = []
     for path in args.inputs:
@@ -286,7 +280,6 @@ def cmd_codebook_calibrate(args: argparse.Namespace) -> int:
 
 
 def cmd_codebook_info(args: argparse.Namespace) -> int:
-    from .codebook import load_codebook
 
     _print_json(load_codebook(args.path).info())
     return 0
@@ -409,9 +402,6 @@ _EXTENSIONS: list[Callable[[Any], None]] = [_add_detection, _add_serve]
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    import logging
-
-    from .logs import configure
 
     configure(logging.INFO if args.verbose else logging.WARNING, args.log_format)
     try:

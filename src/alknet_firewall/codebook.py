@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from safetensors import SafetensorError, safe_open
+from safetensors.numpy import save_file
 
 from .distributions import (
     DEFAULT_PROBS,
@@ -77,7 +79,6 @@ class LayerStats:
     singular: np.ndarray  # [k] std of benign projections on each component
     component_knots: np.ndarray  # [k, q] quantiles of the standardised projections
     residual_knots: np.ndarray  # [q] quantiles of residual energy outside the basis
-
 
     def project(self, F: np.ndarray, *, standardise: bool = True) -> np.ndarray:
         """Projections ``[n, k]`` of activations ``F`` (``[n, d]``) on the benign basis, in
@@ -253,8 +254,6 @@ class Codebook:
         return h.hexdigest()
 
     def save(self, path: str | Path) -> Path:
-        from safetensors.numpy import save_file
-
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         digest = self._digest()
@@ -292,8 +291,6 @@ class Codebook:
 
 def load_codebook(path: str | Path | None = None) -> Codebook:
     """Load and validate a codebook (``None``: the default shipped in the package)."""
-    from safetensors import SafetensorError, safe_open
-
     path = Path(path) if path is not None else default_codebook_path()
     if not path.is_file():
         raise CodebookError(

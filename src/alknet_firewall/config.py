@@ -1,5 +1,8 @@
 """One validated settings object for every layer.
 
+Size (~700 lines): declarations only — every field with its default, bounds and description
+(the source of ``docs/configuration.md``) — so the whole settings tree reads in one place.
+
 Sources, highest priority first: keyword arguments, ``ALKNET_FIREWALL_*`` environment variables
 (nested fields with ``__``: ``ALKNET_FIREWALL_MODEL__LAYERS='[12]'``), a YAML file
 (``path`` argument or ``$ALKNET_FIREWALL_CONFIG``), then the defaults below.
@@ -13,6 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
+import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 from typing_extensions import Self  # pydantic's own dependency; typing.Self needs 3.11
@@ -630,8 +634,6 @@ class _YamlSource(PydanticBaseSettingsSource):
         path = _yaml_path.get()
         if path is None:
             return {}
-        import yaml
-
         try:
             data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         except FileNotFoundError:

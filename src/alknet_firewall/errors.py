@@ -24,6 +24,8 @@ statuses in one place, :func:`alknet_firewall.integrations.openai_errors.status_
 
 from __future__ import annotations
 
+import importlib
+
 
 class FirewallError(Exception):
     """Base class of every error raised by alknet-firewall."""
@@ -135,8 +137,6 @@ __all__ = [
 
 def require(module: str, extra: str = "torch") -> None:
     """Import ``module`` or raise :class:`DependencyMissingError` telling how to install it."""
-    import importlib
-
     try:
         importlib.import_module(module)
     except ImportError as exc:  # pragma: no cover - exercised when the extra is missing

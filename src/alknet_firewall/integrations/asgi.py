@@ -1,5 +1,9 @@
 """Pure ASGI middleware that screens OpenAI-style request bodies before the app sees them.
 
+Size (~600 lines): the body converter, the middleware and its per-request responder are one
+protocol (buffer, refuse, screen, replay byte for byte, cancel on disconnect); each part is
+only correct together with the others, as in Starlette's own middleware modules.
+
 ::
 
     from alknet_firewall.integrations.asgi import FirewallMiddleware

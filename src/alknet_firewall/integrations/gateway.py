@@ -1,5 +1,9 @@
 """OpenAI-compatible screening gateway: screen first, then forward to the upstream API.
 
+Size (~500 lines): the app factory with its routes, upstream forwarding (streaming included),
+health/metrics and the ``serve`` command; auth, error bodies and serving live in their own
+modules already.
+
 ``alknet-firewall serve --upstream https://api.openai.com/v1`` runs :func:`create_app` on
 uvicorn (``127.0.0.1:8080`` by default). Point any OpenAI client at ``http://HOST:PORT/v1``.
 

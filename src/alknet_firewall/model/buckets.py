@@ -16,6 +16,16 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
+__all__ = [
+    "BASE_LENGTHS",
+    "CudaGraphs",
+    "batch_bucket",
+    "bucket_for",
+    "padded_shape",
+    "seq_buckets",
+]
+
+
 log = logging.getLogger(__name__)
 
 #: Token lengths (template included) windows are padded up to; the longest window is added.

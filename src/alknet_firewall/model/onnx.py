@@ -1,5 +1,8 @@
 """ONNX Runtime backend: the truncated model exported once, run without torch.
 
+Size (~530 lines): the export (torch side) and the runtime (onnxruntime side) must agree on
+one graph signature and one directory layout; they are kept together so they change together.
+
 ``alknet-firewall model prepare --format onnx [--quantize int8]`` (needs torch + transformers,
 once, on any machine) writes a directory into the cache::
 
@@ -37,6 +40,22 @@ from ..config import ModelSettings
 from ..errors import ConfigurationError, ModelError, ModelNotFoundError, require
 from ..features import Window, WindowFeatures, make_windows
 from ..hardware import usable_cores
+
+__all__ = [
+    "EXPORT_FORMAT",
+    "INT8_KEEP_FLOAT",
+    "META_FILE",
+    "MODEL_FILE",
+    "OPSET",
+    "PRECISIONS",
+    "TOKENIZER_FILE",
+    "OnnxActivationModel",
+    "default_onnx_dir",
+    "export_onnx",
+    "find_onnx_dir",
+    "matmuls_in",
+]
+
 
 log = logging.getLogger(__name__)
 

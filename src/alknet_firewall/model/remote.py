@@ -29,6 +29,11 @@ from ..features import Window, WindowFeatures, make_windows
 from . import wire
 from .base import IDENTITY_KEYS, READING_KEYS
 
+__all__ = [
+    "RemoteActivationModel",
+]
+
+
 log = logging.getLogger(__name__)
 
 #: Server identity keys the client's settings must match exactly (the reading keys decide what

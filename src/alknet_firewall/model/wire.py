@@ -27,6 +27,25 @@ from typing import Any
 
 import numpy as np
 
+__all__ = [
+    "CONTENT_TYPE",
+    "DESCRIBE_PATH",
+    "ENCODE_PATH",
+    "JSON_TYPE",
+    "MAGIC",
+    "PROTOCOL_VERSION",
+    "TOKENIZER_PATH",
+    "WireError",
+    "decode_features",
+    "decode_request",
+    "encode_features",
+    "encode_request",
+    "error_body",
+    "features_from_body",
+    "identity_problems",
+]
+
+
 PROTOCOL_VERSION = 1
 MAGIC = b"AKF1"
 CONTENT_TYPE = "application/x-alknet-features"

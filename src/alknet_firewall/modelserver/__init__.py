@@ -7,3 +7,5 @@
 
 Importing this package loads nothing heavy; torch, Starlette and Ray load in the sub-modules.
 """
+
+__all__: list[str] = []

@@ -21,6 +21,12 @@ from ..errors import FirewallClosedError, OverloadError
 from ..model import wire
 from .service import EncodeService, Job, error_status, serving_model_settings
 
+__all__ = [
+    "ModelServer",
+    "create_model_app",
+]
+
+
 log = logging.getLogger(__name__)
 
 _METRICS: dict[str, Any] = {}

@@ -6,6 +6,11 @@ import argparse
 import sys
 from typing import Any
 
+__all__ = [
+    "add_model_serve_command",
+    "cmd_model_serve",
+]
+
 
 def _port(value: str) -> int:
     port = int(value)

@@ -20,6 +20,10 @@ from typing import Any
 
 from ..config import Settings, coerce_settings
 
+__all__ = [
+    "scan",
+]
+
 
 class _ScanActor:
     """One firewall per actor; ``__call__`` screens one batch of lines."""

@@ -29,6 +29,16 @@ from ..errors import BadInputError
 from ..model import wire
 from .service import EncodeService, Job, error_status, serving_model_settings
 
+__all__ = [
+    "APP_NAME",
+    "DEPLOYMENT_NAME",
+    "ModelDeployment",
+    "build_app",
+    "serve_forever",
+    "start",
+]
+
+
 log = logging.getLogger(__name__)
 
 APP_NAME = "alknet-model"

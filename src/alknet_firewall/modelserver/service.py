@@ -20,6 +20,15 @@ from ..integrations.openai_errors import status_for
 from ..model import wire
 from ..model.base import IDENTITY_KEYS, READING_KEYS
 
+__all__ = [
+    "EncodeService",
+    "Job",
+    "error_status",
+    "serving_model_settings",
+    "tokenizer_json",
+]
+
+
 log = logging.getLogger(__name__)
 
 

@@ -1,5 +1,8 @@
 """The console as a Starlette app: one HTML page, its static files and a small JSON API.
 
+Size (~460 lines): the routes, their auth (sessions, cookies) and the JSON payloads they
+share; the page itself and the highlighting are separate files.
+
 Routes (relative to where the app is mounted):
 
 * ``GET  /``               the page (``static/index.html``);
@@ -40,6 +43,22 @@ if TYPE_CHECKING:  # pragma: no cover
     from starlette.requests import Request
 
     from ...firewall import Firewall
+
+__all__ = [
+    "COOKIE",
+    "MAX_RECENT",
+    "MAX_SCREEN_BYTES",
+    "MAX_SESSIONS",
+    "SESSION_TTL_S",
+    "Authorizer",
+    "console_app",
+    "gateway_authorizer",
+    "gateway_console",
+    "recent",
+    "screen",
+    "stats",
+]
+
 
 #: ``authorize(request) -> bool`` (may be async): does this request carry an accepted key?
 Authorizer = Callable[["Request"], "bool | Awaitable[bool]"]

@@ -12,6 +12,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+__all__ = [
+    "char_span",
+    "highlight",
+    "token_offsets",
+]
+
 
 def _raw_tokenizer(model: Any) -> Any | None:
     """The model's ``tokenizers.Tokenizer``: its own (ONNX and remote backends) or the one
