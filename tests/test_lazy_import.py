@@ -55,3 +55,19 @@ def test_lazy_attribute_resolves_and_is_cached(run_py) -> None:
         """
     )
     assert proc.stdout.startswith("ok") and "NoSuchThing" in proc.stdout
+
+
+def test_public_api_reaches_the_fit_your_normal_workflow(run_py) -> None:
+    proc = run_py(
+        """
+        import sys
+        import alknet_firewall as af
+        from alknet_firewall.corpus import extract
+        from alknet_firewall.fitting import calibrate
+        assert af.calibrate is calibrate and af.extract is extract
+        for name in af.__all__:
+            getattr(af, name)
+        print("torch" in sys.modules)
+        """
+    )
+    assert proc.stdout.strip().splitlines()[-1] == "False"

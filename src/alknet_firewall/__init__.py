@@ -33,11 +33,13 @@ _EXPORTS: dict[str, str] = {
     "OverloadError": "errors",
     "ScreenTimeoutError": "errors",
     "FirewallClosedError": "errors",
+    "UnknownPolicyError": "errors",
+    "CorpusError": "errors",
     # model
     "ActivationModel": "model",
     "WindowFeatures": "features",
     "load_model": "model",
-    # codebook / scoring
+    # codebook / scoring; fit *your* normal: calibrate(load_codebook(), extract(model, texts))
     "Codebook": "codebook",
     "CodebookBuilder": "fitting",
     "calibrate": "fitting",
@@ -47,7 +49,7 @@ _EXPORTS: dict[str, str] = {
     "Scores": "scoring",
     # firewall
     "Firewall": "firewall",
-    "Verdict": "firewall",
+    "Verdict": "verdict",
 }
 
 __all__ = ["__version__", *_EXPORTS]
@@ -83,6 +85,7 @@ if TYPE_CHECKING:  # pragma: no cover
         CodebookError,
         CodebookMismatchError,
         ConfigurationError,
+        CorpusError,
         DependencyMissingError,
         FirewallClosedError,
         FirewallError,
@@ -91,9 +94,11 @@ if TYPE_CHECKING:  # pragma: no cover
         ModelNotFoundError,
         OverloadError,
         ScreenTimeoutError,
+        UnknownPolicyError,
     )
     from .features import WindowFeatures
-    from .firewall import Firewall, Verdict
+    from .firewall import Firewall
     from .fitting import CodebookBuilder, calibrate
     from .model import ActivationModel, load_model
     from .scoring import Scorer, Scores
+    from .verdict import Verdict
