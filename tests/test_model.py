@@ -429,3 +429,26 @@ def test_prepare_embedded_from_scratch(
         close(fresh.encode(sample)[4], fp32_model.encode(sample)[4], tol=1e-5)
     finally:
         shutil.rmtree(cache, ignore_errors=True)  # ~0.5 GB
+
+
+def test_load_model_dispatches_on_the_backend(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+    import types
+
+    import alknet_firewall.model as model_pkg
+    from alknet_firewall.config import ModelSettings
+
+    monkeypatch.setitem(model_pkg._BACKENDS, "onnx", ("no_such_backend", "Nope"))
+    with pytest.raises(ConfigurationError, match="not available"):
+        model_pkg.load_model(ModelSettings(backend="onnx"))
+
+    class Backend:
+        def __init__(self, settings: ModelSettings) -> None:
+            self.settings = settings
+
+    fake = types.ModuleType("alknet_firewall.model.fake_backend")
+    fake.FakeBackend = Backend  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "alknet_firewall.model.fake_backend", fake)
+    monkeypatch.setitem(model_pkg._BACKENDS, "onnx", ("fake_backend", "FakeBackend"))
+    loaded = model_pkg.load_model(ModelSettings(backend="onnx", max_tokens=64))
+    assert isinstance(loaded, Backend) and loaded.settings.max_tokens == 64

@@ -1,0 +1,76 @@
+"""features.py: windowing arithmetic and the row operations of WindowFeatures (numpy only)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from alknet_firewall.features import Window, WindowFeatures, make_windows
+from alknet_firewall.model import ActivationModel
+from tests.fakes import FakeModel
+
+
+def test_make_windows_steps_by_size_minus_overlap() -> None:
+    wins = make_windows([list(range(100)), [], [7, 8]], max_tokens=32, overlap=8)
+    first = [w for w in wins if w.text == 0]
+    assert [w.start for w in first] == [0, 24, 48, 72]  # 72 + 32 >= 100 ends it
+    assert [w.index for w in first] == [0, 1, 2, 3]
+    assert first[-1].content == list(range(72, 100))
+    assert [w for w in wins if w.text == 1] == [Window(1, 0, 0, [])]  # an empty text: one window
+    assert [w for w in wins if w.text == 2] == [Window(2, 0, 0, [7, 8])]
+    with pytest.raises(ValueError):
+        make_windows([[1]], max_tokens=8, overlap=8)
+
+
+def _feats() -> WindowFeatures:
+    # 3 texts: text 0 has two windows and a span row, text 1 one window, text 2 one window.
+    return WindowFeatures(
+        features={8: np.arange(10, dtype=np.float32).reshape(5, 2)},
+        text_index=np.array([0, 0, 0, 1, 2]),
+        window_index=np.array([0, 1, 1, 0, 0]),
+        token_start=np.array([0, 24, 30, 0, 0]),
+        n_tokens=np.array([32, 10, 4, 5, 6]),
+        n_texts=3,
+        is_sub=np.array([False, False, True, False, False]),
+    )
+
+
+def test_only_full_and_per_text() -> None:
+    f = _feats()
+    full = f.only_full()
+    assert len(full.text_index) == 4 and full.is_sub is None
+    per = f.per_text("mean")[8]
+    assert per.shape == (3, 2)
+    np.testing.assert_allclose(per[0], (32 * np.array([0, 1]) + 10 * np.array([2, 3])) / 42)
+    np.testing.assert_allclose(f.per_text("last")[8][0], [2, 3])
+
+
+def test_subset_reindexes_texts() -> None:
+    sub = _feats().subset(np.array([False, True, True]))
+    assert sub.n_texts == 2
+    assert sub.text_index.tolist() == [0, 1]
+    np.testing.assert_array_equal(sub.features[8], [[6, 7], [8, 9]])
+
+
+def test_concat_and_save_load_round_trip(tmp_path: Path) -> None:
+    a, b = _feats(), _feats().subset(np.array([True, False, False]))
+    both = WindowFeatures.concat([a, b])
+    assert both.n_texts == 4
+    assert both.text_index.tolist() == [0, 0, 0, 1, 2, 3, 3, 3]
+    path = tmp_path / "f.npz"
+    both.save(path, key="k1")
+    assert WindowFeatures.saved_key(path) == "k1"
+    back = WindowFeatures.load(path)
+    assert back.n_texts == both.n_texts
+    for field in ("text_index", "window_index", "token_start", "n_tokens", "is_sub"):
+        np.testing.assert_array_equal(getattr(back, field), getattr(both, field))
+    np.testing.assert_array_equal(back.features[8], both.features[8])
+
+
+def test_fake_model_implements_the_protocol() -> None:
+    model = FakeModel()
+    assert isinstance(model, ActivationModel)
+    feats = model.encode_windows(["a b c", "x " * 50])
+    assert feats.n_texts == 2 and feats.features[8].shape[1] == model.feature_size
