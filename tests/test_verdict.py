@@ -5,7 +5,7 @@ from __future__ import annotations
 import typing
 
 from alknet_firewall.config import PolicySettings
-from alknet_firewall.constants import LEVELS
+from alknet_firewall.constants import ALARM_LEVELS, LEVELS
 from alknet_firewall.errors import OverloadError, ScreenTimeoutError
 from alknet_firewall.verdict import Verdict
 
@@ -33,6 +33,7 @@ def test_action_and_level_are_typed_with_the_literals() -> None:
     hints = typing.get_type_hints(Verdict)
     assert typing.get_args(hints["level"]) == LEVELS
     assert typing.get_args(hints["action"]) == ("allow", "flag", "block")
+    assert LEVELS[1:] == ALARM_LEVELS
 
 
 def test_firewall_reexports_verdict() -> None:

@@ -16,6 +16,7 @@ from tqdm import tqdm
 
 from .codebook import load_codebook
 from .config import load_settings
+from .constants import ALARM_LEVELS
 from .corpus import augment, cached_extract, extract, files_digest, iter_jsonl, read_jsonl
 from .errors import BadInputError, FirewallError
 from .evaluation import summarise, write_report
@@ -261,7 +262,7 @@ def cmd_codebook_calibrate(args: argparse.Namespace) -> int:
     cb.check_model(model.describe())
     feats = extract(model, texts)
     target = dict(cb.metadata.get("target_fpr", {}))
-    for level in ("notice", "warning", "critical"):
+    for level in ALARM_LEVELS:
         v = getattr(args, f"fpr_{level}")
         if v is not None:
             target[level] = v
@@ -337,10 +338,8 @@ def _add_detection(sub: Any) -> None:
     )
     p.add_argument("--output", "-o", required=True)
     p.add_argument("--codebook", default=None, help="codebook to recalibrate (default: configured)")
-    for level, default in (("notice", None), ("warning", None), ("critical", None)):
-        p.add_argument(
-            f"--fpr-{level}", type=float, default=default, help=f"target FPR for {level}"
-        )
+    for level in ALARM_LEVELS:
+        p.add_argument(f"--fpr-{level}", type=float, default=None, help=f"target FPR for {level}")
     p.set_defaults(func=cmd_codebook_calibrate)
     p = cbs.add_parser("info", help="print a codebook's metadata as JSON")
     p.add_argument("path", nargs="?", default=None, help="codebook file (default: shipped)")

@@ -29,6 +29,7 @@ from .constants import (
     LEVELS,
     SIGNALS,
     Action,
+    AlarmLevel,
     FailMode,
     Level,
     Signal,
@@ -300,7 +301,7 @@ class DetectionSettings(_Strict):
 class PolicySettings(_Strict):
     """How a verdict's level maps to an action, per tenant or route."""
 
-    thresholds: dict[Literal["notice", "warning", "critical"], float] = Field(
+    thresholds: dict[AlarmLevel, float] = Field(
         default_factory=dict,
         description="Score thresholds per level (`notice`, `warning`, `critical`, increasing, "
         "in [0, 1]); unset levels use the codebook's calibrated thresholds.",

@@ -21,6 +21,7 @@ __all__ = [
     "LEVELS",
     "SIGNALS",
     "Action",
+    "AlarmLevel",
     "FailMode",
     "Level",
     "Signal",
@@ -59,13 +60,15 @@ HEADER_PREFIX = "x-alknet-firewall-"
 
 # -- the alarm protocol's vocabulary (defined once; config, scoring and verdicts use these) --
 Level = Literal["clear", "notice", "warning", "critical"]
+#: The levels that have a score threshold (every level but ``clear``).
+AlarmLevel = Literal["notice", "warning", "critical"]
 Action = Literal["allow", "flag", "block"]
 FailMode = Literal["closed", "open"]
 Signal = Literal["injection", "jailbreak", "harmful", "anomaly"]
 #: Alarm levels, lowest first; every level above ``clear`` has a threshold.
 LEVELS: tuple[Level, ...] = ("clear", "notice", "warning", "critical")
 #: Levels that have a score threshold (``LEVELS`` without ``clear``).
-ALARM_LEVELS: tuple[Level, ...] = LEVELS[1:]
+ALARM_LEVELS: tuple[AlarmLevel, ...] = ("notice", "warning", "critical")
 SIGNALS: tuple[Signal, ...] = ("injection", "jailbreak", "harmful", "anomaly")
 
 

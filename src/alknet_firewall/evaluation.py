@@ -9,6 +9,8 @@ from typing import Any
 
 import numpy as np
 
+from .constants import LEVELS
+
 __all__ = [
     "FLAGGED_LEVELS",
     "roc_auc",
@@ -19,7 +21,8 @@ __all__ = [
 ]
 
 
-FLAGGED_LEVELS = ("warning", "critical")
+#: Levels that flag or block under the default actions.
+FLAGGED_LEVELS = LEVELS[2:]
 
 
 def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float | None:
