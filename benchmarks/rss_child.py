@@ -37,7 +37,7 @@ def main() -> None:
         )
     )
     rss_loaded = p.memory_info().rss
-    res = fw.screen_many_safe(msgs)
+    res = fw.screen_many(msgs, return_exceptions=True)
     errors = sum(1 for r in res if isinstance(r, BaseException) or r.error)
     rss_end = p.memory_info().rss
     fw.close()

@@ -15,7 +15,8 @@ from litellm.types.utils import CallTypes
 
 from ...config import PolicySettings, Settings
 from ...errors import BadInputError, FirewallClosedError, FirewallError, OverloadError
-from ...firewall import Firewall, Verdict
+from ...firewall import Firewall
+from ...verdict import Verdict
 from .. import openai_errors
 from ._shared import get_firewall
 from .policy import PolicySource
@@ -157,16 +158,7 @@ class AlknetFirewallGuardrail(CustomGuardrail):
         """The fail-mode verdict when no firewall could screen (construction failed)."""
         settings = self.settings()
         pol: PolicySettings = settings.policies.get(policy) or settings.policy()
-        closed = pol.fail_mode == "closed"
-        return Verdict(
-            action="block" if closed and not pol.monitor else "flag",
-            level="critical" if closed else "notice",
-            score=1.0 if closed else 0.0,
-            signals={},
-            policy=policy,
-            error=f"{exc.__class__.__name__}: {exc}",
-            error_code=exc.code if isinstance(exc, FirewallError) else "internal_error",
-        )
+        return Verdict.failed(exc, policy, pol)
 
     async def screen(
         self,
@@ -188,10 +180,7 @@ class AlknetFirewallGuardrail(CustomGuardrail):
         except (BadInputError, OverloadError, FirewallClosedError) as exc:
             self._record_error(data, exc, policy, source, event_type, t0)
             if not may_block:  # pass, flagged, with the error in the headers
-                flagged = Verdict(
-                    action="flag", level="notice", score=0.0, signals={}, policy=policy,
-                    error=f"{exc.__class__.__name__}: {exc}", error_code=exc.code,
-                )  # fmt: skip
+                flagged = Verdict.failed(exc, policy, fail_mode="open")
                 remember(data, flagged.to_dict())
                 return flagged
             reply = openai_errors.from_exception(exc)

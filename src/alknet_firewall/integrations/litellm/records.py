@@ -7,7 +7,7 @@ from typing import Any
 
 from litellm.litellm_core_utils.core_helpers import get_or_create_metadata_bucket
 
-from ...firewall import Verdict
+from ...verdict import Verdict
 
 __all__ = ["VERDICTS_KEY", "records", "remember", "status_for", "worst"]
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from ...messages import tool_call_arguments
+
 __all__ = ["request_subject", "response_text", "user_text_messages"]
 
 
@@ -31,17 +33,7 @@ def response_text(response: Any) -> str | None:
         content = get("content")
         if isinstance(content, str):
             parts.append(content)
-        for call in get("tool_calls") or []:
-            fn = (
-                call.get("function")
-                if isinstance(call, Mapping)
-                else getattr(call, "function", None)
-            )
-            args = (
-                fn.get("arguments") if isinstance(fn, Mapping) else getattr(fn, "arguments", None)
-            )
-            if isinstance(args, str):
-                parts.append(args)
+        parts += tool_call_arguments(get("tool_calls") or [])
     text = "\n".join(p for p in parts if p)
     return text or None
 
