@@ -37,7 +37,13 @@ def screening_settings(url: str | None = None, **extra: Any) -> Any:
 
     model: dict[str, Any] = {}
     if url is not None:
-        model = {"backend": "remote", "backend_url": url, "backend_retries": 1}
+        # Generous timeouts: CI machines are shared; timeouts are tested on purpose elsewhere.
+        model = {
+            "backend": "remote",
+            "backend_url": url,
+            "backend_retries": 1,
+            "backend_timeout_s": 60,
+        }
     merged: dict[str, Any] = {
         "detection": {"codebook": codebook_path()},
         "pool": {"workers": 1, "warmup": False, "cache_size": 0},
@@ -50,8 +56,19 @@ def screening_settings(url: str | None = None, **extra: Any) -> Any:
 
 
 def comparable(verdict: Any) -> tuple[Any, ...]:
-    """What must be identical between backends (latency differs, scores to float noise)."""
-    return (verdict.action, verdict.level, round(verdict.score, 4), verdict.signal, verdict.error)
+    """What must be identical between backends: action, level, driving signal, error."""
+    return (verdict.action, verdict.level, verdict.signal, verdict.error_code)
+
+
+#: Scores may differ this much between processes: bf16 forward passes round differently with
+#: other batch shapes and thread counts (measured: up to ~2e-3).
+SCORE_TOLERANCE = 5e-3
+
+
+def assert_same_verdicts(got: list[Any], want: list[Any]) -> None:
+    assert [comparable(v) for v in got] == [comparable(v) for v in want]
+    for a, b in zip(got, want, strict=True):
+        assert abs(a.score - b.score) <= SCORE_TOLERANCE, (a.score, b.score)
 
 
 class ModelServerProcess:

