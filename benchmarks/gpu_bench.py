@@ -15,6 +15,9 @@ throughput at batch 1/8/32/128/256, for 64- and 512-token inputs (no padding), p
 latency replayed from a CUDA graph where capture works. ``--compile`` also tries
 ``torch.compile`` at batch 1 / 64 tokens if the time budget allows. Prints a markdown table and,
 when ``$OUT`` is set, writes ``$OUT/gpu.md`` and ``$OUT/gpu.json``.
+
+Over ~450 lines on purpose: self-contained, so that it runs on a bare GPU machine with only
+this file and ``archs.py`` copied there.
 """
 
 from __future__ import annotations
