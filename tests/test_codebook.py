@@ -223,3 +223,12 @@ def test_builder_validates_its_inputs() -> None:
     b = CodebookBuilder(k=4)
     assert b.fit(feats, kinds) is b  # fit returns self
     assert hasattr(b, "codebook_") and b.codebook_.k == 4
+
+
+def test_save_leaves_no_temporary_file(tmp_path: Path) -> None:
+    feats, kinds = synthetic(300, 60, seed=5)
+    cb = CodebookBuilder(k=4).fit(feats, kinds).codebook_
+    cb.save(tmp_path / "cb.safetensors")
+    cb.save(tmp_path / "cb.safetensors")  # overwrite in place
+    assert [p.name for p in tmp_path.iterdir()] == ["cb.safetensors"]
+    assert load_codebook(tmp_path / "cb.safetensors").id == cb.id

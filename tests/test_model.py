@@ -452,3 +452,16 @@ def test_load_model_dispatches_on_the_backend(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setitem(model_pkg._BACKENDS, "onnx", ("fake_backend", "FakeBackend"))
     loaded = model_pkg.load_model(ModelSettings(backend="onnx", max_tokens=64))
     assert isinstance(loaded, Backend) and loaded.settings.max_tokens == 64
+
+
+def test_hub_offline_honours_both_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    from alknet_firewall.model.sources import _hub_offline
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    assert not _hub_offline()
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
+    assert _hub_offline()
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "true")
+    assert _hub_offline()

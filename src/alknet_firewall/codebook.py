@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -269,12 +270,16 @@ class Codebook:
             codebook_id=digest[:16],
         )
         self.metadata = meta
-        tmp = path.with_name(path.name + ".tmp")
-        save_file(
-            self.tensors(), str(tmp), metadata={METADATA_KEY: json.dumps(meta, sort_keys=True)}
-        )
-        tmp.chmod(0o644)
-        tmp.replace(path)
+        # A unique temporary name: concurrent saves to one path never write the same file.
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.incomplete")
+        try:
+            save_file(
+                self.tensors(), str(tmp), metadata={METADATA_KEY: json.dumps(meta, sort_keys=True)}
+            )
+            tmp.chmod(0o644)
+            tmp.replace(path)
+        finally:
+            tmp.unlink(missing_ok=True)
         return path
 
     def info(self) -> dict[str, Any]:

@@ -197,7 +197,11 @@ def _convert_gguf(gguf: Path, target: Path) -> None:
 
 
 def _hub_offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in {"1", "ON", "YES", "TRUE"}
+    """Offline as huggingface_hub decides it: ``HF_HUB_OFFLINE`` or ``TRANSFORMERS_OFFLINE``."""
+    return any(
+        os.environ.get(var, "").strip().upper() in {"1", "ON", "YES", "TRUE"}
+        for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    )
 
 
 def resolve_hub(settings: ModelSettings) -> ModelLocation:
