@@ -133,7 +133,8 @@ def export_onnx(settings: ModelSettings, precision: str = "float32") -> Path:
         raise ConfigurationError(f"precision must be one of {PRECISIONS}, not {precision!r}")
     require("torch")
     require("transformers")
-    require("onnxruntime")
+    require("onnxruntime", extra="onnx-export")
+    require("onnxscript", extra="onnx-export")
     from filelock import FileLock
 
     from .sources import resolve
@@ -325,7 +326,7 @@ class OnnxActivationModel:
     """
 
     def __init__(self, settings: ModelSettings, path: Path | None = None) -> None:
-        require("onnxruntime")
+        require("onnxruntime", extra="onnx")
         import onnxruntime as ort
         from tokenizers import Tokenizer
 
