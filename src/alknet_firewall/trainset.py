@@ -1,0 +1,291 @@
+"""The texts a codebook is fitted on: the corpus, rule-based augmentations, styles and families.
+
+Everything here is derived from ``../shared/corpus`` by fixed rules and fixed seeds, so the
+shipped default codebook can be rebuilt text for text (``docs/codebook.md``):
+
+* a stratified selection: every attack family, at most ``benign_cap`` texts per benign source
+  (so one large collection does not decide what "normal" means);
+* tool-output templates with **benign fillers**: InjecAgent's tool responses with the injected
+  instruction replaced by a benign corpus text, so the template format appears on both sides and a
+  head cannot learn the format instead of the instruction;
+* **embedded injections**: a direct injection or extraction request pasted into a benign
+  document at a line break, with the character span of the payload recorded, so span-level
+  evidence can be trained on the instruction and not on the document around it;
+* short benign fragments (the first words of benign texts) and benign concatenations.
+
+Each text carries its ``family`` (what leave-family-out evaluation holds out together: a
+source, an InjecAgent template group, the payload's source for embedded injections) and, for
+benign texts, its ``style`` (short chat, code, documents, tool output, role-play, system
+prompts, look-alikes), which calibration uses to hold the false-positive rate per style.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import BadInputError
+from .normalize import normalize
+
+__all__ = [
+    "BENIGN_STYLES",
+    "STYLE_OF_SOURCE",
+    "CorpusRow",
+    "TrainingText",
+    "read_corpus",
+    "training_set",
+]
+
+#: Benign style of each corpus source (and of the augmentations).
+STYLE_OF_SOURCE: dict[str, str] = {
+    "hh_helpful": "short_chat",
+    "oasst": "short_chat",
+    "fastchat": "short_chat",
+    "self_instruct": "short_chat",
+    "truthfulqa": "short_chat",
+    "gsm8k": "short_chat",
+    "humaneval": "code",
+    "gpteacher_codegen": "code",
+    "fetaqa_tables": "documents",
+    "emails": "documents",
+    "aug_concat": "documents",
+    "aug_injecagent_benign": "tool_output",
+    "gpteacher_roleplay": "roleplay",
+    "awesome_chatgpt_prompts": "roleplay",
+    "system_prompts": "system_prompt",
+    "wildguard_benign": "lookalike",
+    "jbb_behaviors": "lookalike",
+    "mitre_atlas": "lookalike",
+    "aug_fragment": "short_chat",
+}
+BENIGN_STYLES = tuple(sorted(set(STYLE_OF_SOURCE.values())))
+
+#: Benign texts that stand in for the data a tool returns (short, several styles).
+_FILL_SOURCES = ("hh_helpful", "gsm8k", "truthfulqa", "self_instruct", "emails")
+_DOC_SOURCES = (
+    "fetaqa_tables",
+    "emails",
+    "gpteacher_codegen",
+    "gsm8k",
+    "self_instruct",
+    "humaneval",
+    "mitre_atlas",
+    "system_prompts",
+)
+#: InjecAgent's 17 tool-response templates fall into this many families.
+TEMPLATE_GROUPS = 3
+
+
+@dataclass(frozen=True)
+class CorpusRow:
+    """One line of a corpus JSONL file, as written."""
+
+    text: str
+    label: int
+    kind: str
+    source: str
+    file: str
+    line: int
+    meta: dict[str, Any] = field(default_factory=dict)
+    filled: bool = False
+    near_dup_of: str | None = None
+
+
+@dataclass(frozen=True)
+class TrainingText:
+    """A text to fit on: normalised as the model reads it, with its label and provenance."""
+
+    text: str
+    label: int
+    kind: str
+    source: str
+    family: str
+    #: Benign style (None for attacks).
+    style: str | None
+    #: Character span ``(start, end)`` of the attack part inside ``text`` (embedded or injected
+    #: instructions), or None when the whole text is the attack (or benign).
+    span: tuple[int, int] | None = None
+    #: ``None`` for corpus texts, else the augmentation rule.
+    aug: str | None = None
+    #: Sources this text was derived from (kept on the same side of any split).
+    origins: tuple[str, ...] = ()
+
+
+def read_corpus(path: str | Path) -> list[CorpusRow]:
+    """Every row of every ``*.jsonl`` file in ``path`` (sorted by file name)."""
+    root = Path(path)
+    files = sorted(root.glob("*.jsonl")) if root.is_dir() else [root] if root.is_file() else []
+    if not files:
+        raise BadInputError(f"no corpus JSONL files in {root}")
+    rows: list[CorpusRow] = []
+    for f in files:
+        with f.open(encoding="utf-8") as fh:
+            for n, line in enumerate(fh):
+                try:
+                    o = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise BadInputError(f"{f}:{n + 1}: invalid JSON: {exc}") from None
+                if not isinstance(o.get("text"), str):
+                    raise BadInputError(f"{f}:{n + 1}: 'text' must be a string")
+                nd = o.get("near_dup_of")
+                rows.append(
+                    CorpusRow(
+                        text=o["text"],
+                        label=int(o.get("label", 0)),
+                        kind=str(o.get("kind") or "benign"),
+                        source=str(o.get("source") or f.stem),
+                        file=f.name,
+                        line=n,
+                        meta=dict(o.get("meta") or {}),
+                        filled=bool(o.get("filled")),
+                        near_dup_of=nd.get("file") if isinstance(nd, dict) else None,
+                    )
+                )
+    return rows
+
+
+def _family(row: CorpusRow) -> str:
+    if row.source == "injecagent" and "template_id" in row.meta:
+        return f"injecagent:{int(row.meta['template_id']) % TEMPLATE_GROUPS}"
+    return row.source
+
+
+def _origins(row: CorpusRow) -> tuple[str, ...]:
+    out = [row.source]
+    if row.filled and row.meta.get("fill_source"):
+        out.append(str(row.meta["fill_source"]))
+    if row.near_dup_of:
+        out.append(row.near_dup_of)
+    return tuple(out)
+
+
+def training_set(
+    rows: Sequence[CorpusRow],
+    *,
+    benign_cap: int = 250,
+    attack_cap: int = 300,
+    injecagent_cap: int = 400,
+    augment_caps: dict[str, int] | None = None,
+    seed: int = 0,
+) -> list[TrainingText]:
+    """The selection and augmentations described in the module docstring, deterministically."""
+    caps = augment_caps or {"filler": 300, "embedded": 300, "fragment": 300, "concat": 100}
+    rng = random.Random(seed)
+    benign = [r for r in rows if r.label == 0]
+    fill_pool = [r.text for r in benign if r.source in _FILL_SOURCES and 20 < len(r.text) < 400]
+    docs = [r for r in benign if r.source in _DOC_SOURCES and len(r.text) > 200]
+    aug: dict[str, list[TrainingText]] = {
+        k: [] for k in ("filler", "embedded", "fragment", "concat")
+    }
+    # 1. Tool-output templates with benign fillers.
+    for r in rows:
+        injected = r.meta.get("injected_text") if r.source == "injecagent" else None
+        if injected and injected in r.text and fill_pool:
+            fill = rng.choice(fill_pool).replace("'", "’")
+            aug["filler"].append(
+                _benign(
+                    r.text.replace(injected, fill), "aug_injecagent_benign", _family(r), "filler", r
+                )
+            )
+    # 2. Injections and extraction requests embedded in benign documents, span-labelled.
+    payloads = [
+        r for r in rows if r.kind in ("direct_injection", "prompt_extraction") and len(r.text) < 600
+    ]
+    if docs:
+        for r in rng.sample(payloads, min(700, len(payloads))):
+            d = rng.choice(docs)
+            cuts = [i + 1 for i, c in enumerate(d.text) if c == "\n"] or [len(d.text)]
+            cut = rng.choice([*cuts, len(d.text)])
+            pre, post = d.text[:cut], d.text[cut:]
+            text = pre + ("" if pre.endswith("\n") else "\n") + r.text + "\n" + post
+            aug["embedded"].append(_attack(text, r.text, r, origins=(*_origins(r), d.source)))
+    # 3. Short benign fragments; 4. benign documents back to back.
+    for r in rng.sample(benign, min(800, len(benign))):
+        words = r.text.split()
+        if len(words) < 2:
+            continue
+        k = rng.choice((1, 1, 2, 2, 3, 4, 6))
+        aug["fragment"].append(
+            _benign(" ".join(words[:k]), "aug_fragment", r.source, "fragment", r)
+        )
+    if len(docs) >= 2:
+        for _ in range(600):
+            a, b = rng.sample(docs, 2)
+            t = _benign(a.text.rstrip() + "\n\n" + b.text, "aug_concat", a.source, "concat", a)
+            aug["concat"].append(TrainingText(**{**t.__dict__, "origins": (a.source, b.source)}))
+    # Stratified selection of the corpus itself.
+    by_source: dict[str, list[CorpusRow]] = {}
+    for r in rows:
+        by_source.setdefault(r.source, []).append(r)
+    out: list[TrainingText] = []
+    for src, rs in sorted(by_source.items()):
+        cap = (
+            benign_cap
+            if rs[0].label == 0
+            else (injecagent_cap if src == "injecagent" else attack_cap)
+        )
+        if len(rs) > cap:
+            rs = random.Random(seed + 1).sample(rs, cap)
+        out.extend(_corpus_text(r) for r in rs)
+    for name in ("filler", "embedded", "fragment", "concat"):
+        xs = aug[name]
+        out.extend(random.Random(seed + 2).sample(xs, min(caps.get(name, 0), len(xs))))
+    return out
+
+
+def _corpus_text(r: CorpusRow) -> TrainingText:
+    text = normalize(r.text)
+    span = None
+    injected = r.meta.get("injected_text") if r.source == "injecagent" else None
+    if injected:
+        k = normalize(str(injected))
+        i = text.find(k)
+        if i >= 0:
+            span = (i, i + len(k))
+    return TrainingText(
+        text=text,
+        label=r.label,
+        kind=r.kind,
+        source=r.source,
+        family=_family(r),
+        style=STYLE_OF_SOURCE.get(r.source) if r.label == 0 else None,
+        span=span,
+        origins=_origins(r),
+    )
+
+
+def _benign(text: str, source: str, family: str, aug: str, origin: CorpusRow) -> TrainingText:
+    style = "short_chat" if aug == "fragment" else STYLE_OF_SOURCE[source]
+    kind = origin.kind if aug == "fragment" else "benign"
+    return TrainingText(
+        text=normalize(text),
+        label=0,
+        kind=kind,
+        source=source,
+        family=family,
+        style=style,
+        aug=aug,
+        origins=_origins(origin),
+    )
+
+
+def _attack(
+    text: str, payload: str, origin: CorpusRow, *, origins: tuple[str, ...]
+) -> TrainingText:
+    norm, k = normalize(text), normalize(payload)
+    i = norm.find(k)
+    return TrainingText(
+        text=norm,
+        label=1,
+        kind="indirect_injection",
+        source="aug_embedded",
+        family=origin.source,
+        style=None,
+        span=(i, i + len(k)) if i >= 0 else None,
+        aug="embedded",
+        origins=origins,
+    )
