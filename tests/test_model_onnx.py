@@ -122,3 +122,12 @@ def test_a_process_screening_with_onnx_never_imports_torch(onnx_dir: Path, run_p
     assert out["heavy"] == [], out
     assert out["backend"] == "onnx" and out["error"] is None
     assert out["actions"][1] == "allow"
+
+
+@pytest.mark.slow
+def test_model_prepare_format_onnx_prints_the_export(onnx_dir: Path, run_cli: Any) -> None:
+    proc = run_cli("model", "prepare", "--format", "onnx")
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert Path(out["path"]) == onnx_dir and out["precision"] == "float32"
+    assert out["use"] == {"model": {"backend": "onnx", "onnx_precision": "float32"}}
