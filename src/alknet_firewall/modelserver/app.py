@@ -81,7 +81,7 @@ class ModelServer:
         threads = ms.threads_per_worker
         init = getattr(model, "init_worker", None)
         self.pool: BatchPool[Job, Any] = BatchPool(
-            self.service.run,
+            self._run,
             workers=ms.workers,
             max_batch_cost=ms.max_batch_tokens,
             max_wait_ms=ms.max_wait_ms,
@@ -98,6 +98,15 @@ class ModelServer:
         )
         self.pool.start()
         self.started = time.time()
+
+    def _run(self, jobs: list[Job]) -> list[Any]:
+        """The pool's batch function: one forward pass, timings noted on each job."""
+        t0 = time.perf_counter()
+        out = self.service.run(jobs)
+        t1 = time.perf_counter()
+        for job in jobs:
+            job.extra.update(started=t0, finished=t1, batch=len(jobs))
+        return out
 
     def _on_batch(self, items: int, cost: int, seconds: float) -> None:
         self.metrics["batch_requests"].observe(items)
@@ -172,8 +181,17 @@ def create_model_app(
                     future.cancel()
                     m["requests"].labels(status="504").inc()
                     return _error(504, "screen_timeout", f"encode took over {timeout_s:.1f}s")
+                t3 = time.perf_counter()
+                x = job.extra
                 out = srv.service.body(
-                    feats, job, server_ms=round((time.perf_counter() - t0) * 1000, 3)
+                    feats,
+                    job,
+                    server_ms=round((t3 - t0) * 1000, 3),
+                    # where the time went: waiting for a worker, the forward pass, waking up
+                    queue_ms=round((x["started"] - t0) * 1000, 3),
+                    compute_ms=round((x["finished"] - x["started"]) * 1000, 3),
+                    resume_ms=round((t3 - x["finished"]) * 1000, 3),
+                    batch_requests=x["batch"],
                 )
         except OverloadError as exc:
             m["requests"].labels(status="429").inc()
