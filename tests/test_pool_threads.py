@@ -37,7 +37,7 @@ def test_batch_threads_decision(
 
 @pytest.mark.parametrize(
     ("idle", "want"),
-    [(2.0, 2), (1.6, 2), (1.4, 1), (0.0, 1), (7.6, 4), (3.2, 3)],
+    [(2.0, 2), (1.8, 2), (1.6, 1), (1.4, 1), (0.0, 1), (7.6, 4), (3.2, 3)],
 )
 def test_a_burst_takes_only_the_cores_other_processes_leave_idle(idle: float, want: int) -> None:
     got = batch_threads(

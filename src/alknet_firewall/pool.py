@@ -75,14 +75,14 @@ def batch_threads(
     """Intra-op threads for the batch a worker is about to run.
 
     A lone request — nothing queued behind it and every other worker idle — may use every core
-    (``burst_threads``), or as many as other processes leave idle (``idle_cores``, rounded);
-    as soon as there is other work each worker keeps to ``threads`` (one core each by
-    default), which is what maximises throughput under load.
+    (``burst_threads``), or as many as other processes leave idle (``idle_cores``; a core
+    counts when three quarters of it are free); as soon as there is other work each worker
+    keeps to ``threads`` (one core each by default), which maximises throughput under load.
     """
     if not burst_threads or burst_threads <= threads or queue_depth or others_busy:
         return threads
     if idle_cores is not None:
-        burst_threads = min(burst_threads, int(idle_cores + 0.5))
+        burst_threads = min(burst_threads, int(idle_cores + 0.25))
     return max(threads, burst_threads)
 
 
