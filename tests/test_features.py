@@ -74,3 +74,16 @@ def test_fake_model_implements_the_protocol() -> None:
     assert isinstance(model, ActivationModel)
     feats = model.encode_windows(["a b c", "x " * 50])
     assert feats.n_texts == 2 and feats.features[8].shape[1] == model.feature_size
+
+
+def test_window_spans_cover_the_window_flush_to_its_end() -> None:
+    from alknet_firewall.features import window_spans
+
+    assert window_spans(0, 32, 16) == []
+    assert window_spans(100, 0, 16) == []
+    assert window_spans(20, 32, 16) == [(0, 20)]
+    assert window_spans(32, 32, 16) == [(0, 32)]
+    spans = window_spans(128, 32, 16)
+    assert spans[0] == (0, 32) and spans[-1] == (96, 32) and len(spans) == 7
+    odd = window_spans(70, 32, 16)
+    assert odd[-1] == (38, 32) and all(length == 32 for _, length in odd)

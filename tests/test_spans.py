@@ -47,8 +47,15 @@ def test_span_rows_are_means_over_their_tokens(embedded_location: object) -> Non
         )
     # Per-text features ignore span rows.
     assert np.allclose(wf.per_text("mean")[4], wf.only_full().per_text("mean")[4])
-    short = m.encode_windows(["just a few words"])
-    assert not short.is_sub.any()
+    short_text = "just a few words"
+    short = m.encode_windows([short_text])
+    # A window no longer than a span is one span: its content without the end-of-turn tokens.
+    assert short.is_sub.sum() == 1
+    k = m.count_tokens([short_text])[0]
+    hs_short = m.hidden_states(short_text)
+    assert np.allclose(
+        short.features[4][short.is_sub][0], hs_short[4, p : p + k].mean(0).numpy(), atol=1e-4
+    )
     off = load_model(ModelSettings(layers=(4,), dtype="float32", max_tokens=64))  # default: 0
     assert not off.encode_windows([text]).is_sub.any()
 

@@ -17,7 +17,7 @@ from tqdm import tqdm
 from .codebook import load_codebook
 from .config import load_settings
 from .constants import ALARM_LEVELS
-from .corpus import augment, cached_extract, extract, files_digest, iter_jsonl, read_jsonl
+from .corpus import cached_extract, extract, files_digest, iter_jsonl, read_jsonl
 from .errors import BadInputError, FirewallError
 from .evaluation import summarise, write_report
 from .firewall import Firewall
@@ -27,6 +27,7 @@ from .messages import extract_texts
 from .model import IDENTITY_KEYS, READING_KEYS, load_model, resolve
 from .model.onnx import export_onnx
 from .scan import input_of, scan_chunk, scan_line
+from .trainset import read_corpus, span_labels, training_set
 
 __all__ = [
     "build_parser",
@@ -209,35 +210,48 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_codebook_build(args: argparse.Namespace) -> int:
+    from .integrations.console.highlight import token_offsets
 
     settings = _settings(args)
-    ms = settings.model
-    if args.layers:
-        ms = ms.merged(layers=tuple(int(x) for x in args.layers.split(",")))
-    records = read_jsonl(args.corpus)
-    if not args.no_augment:
-        records = records + augment(records, seed=args.seed)
+    ms = settings.model.merged(
+        dtype=args.dtype,
+        sub_window=args.span,
+        sub_window_stride=args.span_stride,
+        **({"layers": tuple(int(x) for x in args.layers.split(","))} if args.layers else {}),
+    )
+    texts = training_set([r for p in args.corpus for r in read_corpus(p)], seed=args.seed)
     model = load_model(ms)
     feats = cached_extract(
         model,
-        [r.text for r in records],
+        [t.text for t in texts],
         max_windows=args.max_windows,
         cache=args.features_cache,
-        key={"augmented": not args.no_augment, "seed": args.seed},
+        key={"trainset": "v2", "seed": args.seed},
     )
+    labels = span_labels(feats, texts, lambda text: token_offsets(model, text))
     info = model.describe()
     meta = {
         "model": {k: info[k] for k in IDENTITY_KEYS},
         "corpus": {
             "digest": files_digest(args.corpus),
-            "texts": len(records),
-            "augmented": not args.no_augment,
+            "texts": len(texts),
+            "selection": "trainset.training_set (stratified, rule-based augmentations)",
             "max_windows": args.max_windows,
+            "licences": "fitting statistics only; see docs/codebook.md (GPL-3.0 and CC-BY-SA "
+            "sources, tensor_trust without a licence file)",
         },
         "build_command": "alknet-firewall " + " ".join(sys.argv[1:]) if sys.argv else None,
     }
     builder = CodebookBuilder(k=args.k, C=args.C, random_state=args.seed)
-    builder.fit(feats, [r.kind for r in records], groups=[r.group for r in records], metadata=meta)
+    builder.fit(
+        feats,
+        [t.kind for t in texts],
+        groups=[t.source for t in texts],
+        families=[t.family for t in texts],
+        styles=[t.style for t in texts],
+        span_labels=labels if args.span else None,
+        metadata=meta,
+    )
     path = builder.codebook_.save(args.output)
     _print_json({"codebook": str(path), **builder.codebook_.info()})
     return 0
@@ -323,8 +337,14 @@ def _add_detection(sub: Any) -> None:
     p.add_argument("--layers", default=None, help="comma-separated layers (default: settings)")
     p.add_argument("--k", type=int, default=64, help="SVD components per layer")
     p.add_argument("--C", type=float, default=0.01, help="inverse regularisation of the heads")
-    p.add_argument("--max-windows", type=int, default=12, help="windows per text used for fitting")
-    p.add_argument("--no-augment", action="store_true", help="skip rule-based augmentation")
+    p.add_argument(
+        "--max-windows", type=int, default=2, help="windows per text used (first and last)"
+    )
+    p.add_argument("--span", type=int, default=32, help="span rows of this many tokens (0: off)")
+    p.add_argument("--span-stride", type=int, default=16, help="tokens between span starts")
+    p.add_argument(
+        "--dtype", default="float32", choices=("float32", "bfloat16"), help="fitting dtype"
+    )
     p.add_argument(
         "--features-cache",
         default=None,

@@ -58,7 +58,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+#: 2 adds span heads (``span.<signal>.*``) and ``alarm_signals``; version 1 files still load.
+SCHEMA_VERSION = 2
+READABLE_SCHEMAS = (1, 2)
 METADATA_KEY = "alknet_firewall"
 DETECTION_SIGNALS = ("injection", "jailbreak", "harmful")
 SIGNAL_KINDS: dict[str, frozenset[str]] = {
@@ -124,6 +126,9 @@ class Codebook:
     probs: np.ndarray  # [q] probabilities of every knot vector
     thresholds: dict[str, float]
     metadata: dict[str, Any] = field(default_factory=dict)
+    #: Heads over span rows (``span_layer`` features of short spans inside windows), keyed by
+    #: the signal they add evidence to: its score is the max of window and span evidence.
+    span_heads: dict[str, SignalHead] = field(default_factory=dict)
 
     # -- derived -------------------------------------------------------------------------------
     def __post_init__(self) -> None:
@@ -136,6 +141,19 @@ class Codebook:
     @property
     def signals(self) -> tuple[str, ...]:
         return (*self.heads.keys(), "anomaly")
+
+    @property
+    def alarm_signals(self) -> tuple[str, ...]:
+        """Signals that may raise ``warning`` and ``critical``: those that lifted detection in
+        the leave-family-out evaluation (``metadata['alarm_signals']``). The others only
+        annotate (at most ``notice``). Codebooks without the entry: every signal."""
+        names = self.metadata.get("alarm_signals")
+        return tuple(names) if names is not None else self.signals
+
+    @property
+    def span_layer(self) -> int:
+        """The layer span heads read (the deepest codebook layer)."""
+        return int(self.metadata.get("span_layer", max(self.layers)))
 
     @property
     def k(self) -> int:
@@ -164,6 +182,8 @@ class Codebook:
         kind, _, rest = key.partition(".")
         if kind == "signal":
             return self.heads[rest].knots
+        if kind == "span":
+            return self.span_heads[rest].knots
         if kind == "anomaly":
             return self.anomaly_knots
         if kind == "residual":
@@ -241,6 +261,10 @@ class Codebook:
             t[f"signal.{name}.weight"] = h.weight.astype(np.float32)
             t[f"signal.{name}.bias"] = np.array([h.bias], dtype=np.float64)
             t[f"signal.{name}.knots"] = h.knots.astype(np.float64)
+        for name, h in self.span_heads.items():
+            t[f"span.{name}.weight"] = h.weight.astype(np.float32)
+            t[f"span.{name}.bias"] = np.array([h.bias], dtype=np.float64)
+            t[f"span.{name}.knots"] = h.knots.astype(np.float64)
         t["anomaly.knots"] = self.anomaly_knots.astype(np.float64)
         return t
 
@@ -264,6 +288,7 @@ class Codebook:
             layers=list(self.layers),
             k=self.k,
             signals=list(self.signals),
+            span_signals=list(self.span_heads),
             thresholds=self.thresholds,
             score_decades=SCORE_DECADES,
             tensors_digest="sha256:" + digest,
@@ -315,10 +340,11 @@ def load_codebook(path: str | Path | None = None) -> Codebook:
     except json.JSONDecodeError as exc:
         raise CodebookError(f"{path}: codebook metadata is not valid JSON: {exc}") from exc
     version = meta.get("schema_version")
-    if version != SCHEMA_VERSION:
+    if version not in READABLE_SCHEMAS:
         raise CodebookError(
             f"{path}: codebook schema version {version!r} is not supported (this release reads "
-            f"{SCHEMA_VERSION}); rebuild it with `alknet-firewall codebook build`."
+            f"{', '.join(map(str, READABLE_SCHEMAS))}); rebuild it with "
+            "`alknet-firewall codebook build`."
         )
     try:
         cb = _from_tensors(tensors, meta)
@@ -361,7 +387,20 @@ def _from_tensors(t: dict[str, np.ndarray], meta: dict[str, Any]) -> Codebook:
         )
         if heads[name].weight.shape[0] != sum(stats[x].mean.shape[0] for x in layers):
             raise ValueError(f"signal {name} weight does not match the layers")
+    span_heads = {}
+    for name in meta.get("span_signals", ()):
+        span_heads[name] = SignalHead(
+            weight=t[f"span.{name}.weight"],
+            bias=float(t[f"span.{name}.bias"][0]),
+            knots=t[f"span.{name}.knots"],
+        )
+        span_layer = int(meta.get("span_layer", max(layers)))
+        if span_layer not in stats or span_heads[name].weight.shape[0] != (
+            stats[span_layer].mean.shape[0]
+        ):
+            raise ValueError(f"span head {name} does not match layer {span_layer}")
     return Codebook(
+        span_heads=span_heads,
         layers=layers,
         layer_stats=stats,
         heads=heads,

@@ -310,6 +310,19 @@ class PolicySettings(_Strict):
         SIGNALS,
         description="Signals that may raise the level (the others are still scored and reported).",
     )
+    alarm_signals: tuple[Signal, ...] | None = Field(
+        None,
+        description="Enabled signals that may raise `warning` and `critical`; the other enabled "
+        "signals annotate (raise at most `notice`). `null`: the codebook's, i.e. the signals "
+        "that lifted leave-family-out detection (the default codebook: injection, jailbreak, "
+        "harmful; `anomaly` annotates, docs/adr/0007-detection-v2.md).",
+    )
+    languages: Literal["demote", "score"] = Field(
+        "demote",
+        description="Texts not in English (the model reads English best, the codebook is "
+        "fitted on English): `demote` lowers their level one step (critical → warning → notice "
+        "→ clear) and notes `unsupported_language:<code>`; `score` treats them like English.",
+    )
     actions: dict[Level, Action] = Field(
         default_factory=lambda: {
             "clear": "allow",

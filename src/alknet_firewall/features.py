@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["Window", "WindowFeatures", "make_windows"]
+__all__ = ["Window", "WindowFeatures", "make_windows", "window_spans"]
 
 
 @dataclass(frozen=True)
@@ -25,6 +25,23 @@ class Window:
     index: int
     start: int
     content: list[int]
+
+
+def window_spans(n: int, size: int, stride: int) -> list[tuple[int, int]]:
+    """Spans ``(start, length)`` of ``size`` content tokens every ``stride`` tokens inside a
+    window of ``n`` content tokens, the last one flush with the window's end; a window of at
+    most ``size`` tokens is one span (its whole content). ``size`` 0 (or an empty window): none.
+
+    Span rows are scored on their own, so a short instruction is not diluted by the window
+    around it (``docs/adr/0007-detection-v2.md``)."""
+    if size <= 0 or n <= 0:
+        return []
+    if n <= size:
+        return [(0, n)]
+    starts = list(range(0, n - size + 1, stride))
+    if starts[-1] != n - size:
+        starts.append(n - size)
+    return [(a, size) for a in starts]
 
 
 def make_windows(token_ids: Sequence[Sequence[int]], max_tokens: int, overlap: int) -> list[Window]:

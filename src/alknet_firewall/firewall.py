@@ -38,6 +38,7 @@ from .errors import (
     ScreenTimeoutError,
 )
 from .hardware import idle_cores_probe, usable_cores
+from .language import guess_language
 from .messages import ScreenInput, extract_texts, rough_size
 from .model import READING_KEYS, ActivationModel, load_model
 from .normalize import normalize
@@ -63,6 +64,8 @@ class _Item:
     #: A seam: the end of one screened message joined to the start of the next, so an attack
     #: split across two messages is read whole.
     seam: bool = False
+    #: One text part of a message of several parts, screened on its own as well.
+    part: bool = False
 
 
 #: Characters taken from each side of a seam (about 75 tokens each: one window in all).
@@ -237,7 +240,7 @@ class Firewall:
     ) -> tuple[list[_Item], list[str], dict[int, Scores], list[tuple[int, str, str]]]:
         if self._closed:
             raise FirewallClosedError("the firewall is closed; create a new one")
-        texts, ignored = extract_texts(data, policy.roles)
+        texts, ignored = extract_texts(data, policy.roles, each_part=True)
         limit = self.settings.detection.max_input_tokens
         total_chars = sum(len(t) for _, t in texts)
         if total_chars > limit * 32:
@@ -246,13 +249,18 @@ class Firewall:
                 f"detection.max_input_tokens={limit}"
             )
         items = [
-            _Item(i, normalize(t) if self.settings.detection.normalize else t)
-            for i, t in ((i, _no_lone_surrogates(t)) for i, t in texts)
+            _Item(
+                i,
+                normalize(t) if self.settings.detection.normalize else t,
+                part=n > 0 and texts[n - 1][0] == i,
+            )
+            for n, (i, t) in enumerate((i, _no_lone_surrogates(t)) for i, t in texts)
         ]
         if self.settings.detection.seams:
+            whole = [it for it in items if not it.part]
             items += [
                 _Item(b.message_index, a.text[-SEAM_CHARS:] + "\n" + b.text[:SEAM_CHARS], seam=True)
-                for a, b in itertools.pairwise(items)
+                for a, b in itertools.pairwise(whole)
             ]
         cached: dict[int, Scores] = {}
         todo: list[tuple[int, str, str]] = []
@@ -503,14 +511,30 @@ class Firewall:
             self._cache_put(key, sc)
         thresholds = self.thresholds(pol)
         signals = {s: 0.0 for s in self.codebook.signals}
-        best_score, best_signal, best_item = 0.0, None, None
+        alarm = set(pol.alarm_signals or self.codebook.alarm_signals)
+        best: tuple[int, float] = (-1, 0.0)
+        best_signal: str | None = None
+        best_item: int | None = None
+        notes: list[str] = []
         for n, sc in per_item.items():
             for s, v in sc.signals.items():
                 signals[s] = max(signals.get(s, 0.0), v)
-            score, sig = sc.composite(pol.signals)
-            if sig is not None and (best_item is None or score > best_score):
-                best_score, best_signal, best_item = score, sig, n
-        level = level_for(best_score, thresholds)
+            score, sig = sc.composite([x for x in pol.signals if x in alarm])
+            level_n = LEVELS.index(level_for(score, thresholds))
+            ann_score, ann = sc.composite([x for x in pol.signals if x not in alarm])
+            if ann is not None and level_n == 0 and level_for(ann_score, thresholds) != "clear":
+                # A signal that did not earn an alarm may still annotate: notice at most.
+                level_n, score, sig = 1, ann_score, ann
+                notes.append(f"annotation:{ann}")
+            if level_n and pol.languages == "demote":
+                lang = guess_language(items[n].text)
+                if not lang.english:
+                    level_n -= 1
+                    notes.append(f"unsupported_language:{lang.code}")
+            if sig is not None and (best_item is None or (level_n, score) > best):
+                best, best_signal, best_item = (level_n, score), sig, n
+        level = LEVELS[max(best[0], 0)]
+        best_score = best[1]
         action = pol.actions[level]
         if pol.monitor and action == "block":
             action = "flag"
@@ -531,9 +555,10 @@ class Firewall:
             codebook_id=self.codebook.id,
             policy=name,
             thresholds=thresholds,
-            screened_messages=sum(not it.seam for it in items),
-            cached_messages=sum(not items[n].seam for n in cached),
+            screened_messages=len({it.message_index for it in items if not it.seam}),
+            cached_messages=sum(not (items[n].seam or items[n].part) for n in cached),
             ignored=ignored,
+            notes=sorted(set(notes)),
             latency_ms=(time.perf_counter() - t0) * 1000.0,
         )
         text = items[best_item].text if best_item is not None else None

@@ -21,6 +21,7 @@ import numpy as np
 from .codebook import (
     BENIGN_KINDS,
     DEFAULT_TARGET_FPR,
+    DETECTION_SIGNALS,
     SIGNAL_KINDS,
     Codebook,
     LayerStats,
@@ -59,16 +60,22 @@ class CodebookBuilder:
         *,
         k: int = 64,
         C: float = 0.01,
+        span_C: float = 0.01,
         target_fpr: Mapping[str, float] | None = None,
         calibration_fraction: float = 0.3,
         probs: np.ndarray = DEFAULT_PROBS,
+        alarm_signals: Sequence[str] = DETECTION_SIGNALS,
+        min_style_texts: int = 30,
         random_state: int = 0,
     ) -> None:
         self.k = k
         self.C = C
+        self.span_C = span_C
         self.target_fpr = target_fpr
         self.calibration_fraction = calibration_fraction
         self.probs = probs
+        self.alarm_signals = alarm_signals
+        self.min_style_texts = min_style_texts
         self.random_state = random_state
 
     def _validate(self, feats: WindowFeatures, kinds: Sequence[str]) -> dict[str, float]:
@@ -94,12 +101,29 @@ class CodebookBuilder:
         kinds: Sequence[str],
         *,
         groups: Sequence[str] | None = None,
+        families: Sequence[str] | None = None,
+        styles: Sequence[str | None] | None = None,
+        span_labels: np.ndarray | None = None,
         metadata: Mapping[str, Any] | None = None,
     ) -> CodebookBuilder:
-        """Fit on :class:`~alknet_firewall.features.WindowFeatures` and one kind per text."""
+        """Fit on :class:`~alknet_firewall.features.WindowFeatures` and one kind per text.
+
+        ``groups`` (a source per text) stratifies the calibration hold-out and balances the
+        benign side: every source weighs ``1/sqrt(texts)``; ``families`` (attack families) do
+        the same for the attack side, so no single collection decides a head. ``styles`` (a
+        benign style per text) make calibration hold the target rate for every style.
+        ``span_labels`` (one per feature row: 1 a span of an attack instruction, 0 benign,
+        -1 unused) fit the span head of the ``injection`` signal on span rows.
+        """
         from sklearn.linear_model import LogisticRegression  # sklearn is slow to import
 
         target_fpr = self._validate(feats, kinds)
+        if span_labels is not None and len(span_labels) != len(feats.text_index):
+            raise CorpusError(
+                f"{len(span_labels)} span labels for {len(feats.text_index)} feature rows"
+            )
+        if styles is not None and len(styles) != len(kinds):
+            raise CorpusError(f"{len(styles)} styles for {len(kinds)} texts")
         kinds_a = np.asarray(kinds)
         rng = np.random.default_rng(self.random_state)
         benign = np.isin(kinds_a, list(BENIGN_KINDS))
@@ -113,13 +137,14 @@ class CodebookBuilder:
             rng.shuffle(idx)
             calib[idx[: round(len(idx) * self.calibration_fraction)]] = True
         fit_benign = benign & ~calib
+        fam = np.asarray(families) if families is not None else grp
         all_feats = feats
+        full_rows = feats.full
         feats = feats.only_full()  # heads and layer statistics see whole windows only
         t = feats.text_index
         layers = tuple(sorted(feats.features))
         X = np.concatenate([feats.features[layer] for layer in layers], axis=1).astype(np.float64)
         n_win = np.bincount(t, minlength=len(kinds_a)).astype(np.float64)
-        w_win = 1.0 / n_win[t]
 
         stats = {layer: self._layer_stats(feats.features[layer][fit_benign[t]]) for layer in layers}
         mu = X[~calib[t]].mean(0)
@@ -132,14 +157,24 @@ class CodebookBuilder:
             if pos.sum() < 5:
                 log.warning("signal %s has %d positive texts; not fitted", name, pos.sum())
                 continue
+            text_w = _balanced(pos, fit_benign, fam, grp)
             rows = (pos | fit_benign)[t]
-            y = pos[t][rows]
-            clf = LogisticRegression(C=self.C, max_iter=5000, class_weight="balanced")
-            clf.fit(Z[rows], y, sample_weight=w_win[rows] * len(w_win[rows]) / w_win[rows].sum())
+            sw = text_w[t][rows] / n_win[t][rows]
+            clf = LogisticRegression(C=self.C, max_iter=5000)
+            clf.fit(Z[rows], pos[t][rows], sample_weight=sw * len(sw) / sw.sum())
             w = clf.coef_[0] / sd
             b = float(clf.intercept_[0] - np.dot(clf.coef_[0], mu / sd))
             heads[name] = SignalHead(weight=w.astype(np.float32), bias=b, knots=np.zeros(0))
+        span_heads: dict[str, SignalHead] = {}
+        span_layer = max(layers)
+        if span_labels is not None:
+            head = self._span_head(
+                all_feats, np.asarray(span_labels), full_rows, calib, fam, grp, span_layer
+            )
+            if head is not None:
+                span_heads["injection"] = head
         cb = Codebook(
+            span_heads=span_heads,
             layers=layers,
             layer_stats=stats,
             heads=heads,
@@ -148,9 +183,13 @@ class CodebookBuilder:
             thresholds={},
             metadata={
                 "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                "alarm_signals": [x for x in self.alarm_signals if x in heads or x == "anomaly"],
+                "span_layer": span_layer,
                 "fit": {
                     "k": self.k,
                     "C": self.C,
+                    "span_C": self.span_C,
+                    "weights": "1/sqrt(texts) per benign source and per attack family",
                     "calibration_fraction": self.calibration_fraction,
                     "random_state": self.random_state,
                     "texts": len(kinds_a),
@@ -165,8 +204,54 @@ class CodebookBuilder:
         )
         self.calibration_mask_ = calib
         # Calibration sees every row the runtime scores, spans included.
-        self.codebook_ = calibrate(cb, all_feats.subset(calib), target_fpr)
+        calib_styles = None if styles is None else [styles[i] for i in np.flatnonzero(calib)]
+        self.codebook_ = calibrate(
+            cb,
+            all_feats.subset(calib),
+            target_fpr,
+            styles=calib_styles,
+            min_style_texts=self.min_style_texts,
+        )
         return self
+
+    def _span_head(
+        self,
+        feats: WindowFeatures,
+        labels: np.ndarray,
+        full_rows: np.ndarray,
+        calib: np.ndarray,
+        fam: np.ndarray,
+        grp: np.ndarray,
+        layer: int,
+    ) -> SignalHead | None:
+        """A linear head over span rows of ``layer``: attack-instruction spans against benign
+        spans (including the benign data around an injected instruction)."""
+        from sklearn.linear_model import LogisticRegression
+
+        use = ~full_rows & (labels >= 0) & ~calib[feats.text_index]
+        y = labels[use] == 1
+        if y.sum() < 20 or (~y).sum() < 100:
+            log.warning("span head: %d attack and %d benign spans; not fitted", y.sum(), (~y).sum())
+            return None
+        F = feats.features[layer][use].astype(np.float64)
+        mu = F[~y].mean(0)
+        sd = F[~y].std(0) + 1e-6
+        ti = feats.text_index[use]
+        # Each text weighs as in the window heads, spread over its spans of each class.
+        pos_text = np.zeros(feats.n_texts, dtype=bool)
+        pos_text[ti[y]] = True
+        ben_text = np.zeros(feats.n_texts, dtype=bool)
+        ben_text[ti[~y]] = True
+        text_w = _balanced(pos_text, ben_text & ~pos_text, fam, grp)
+        key = ti * 2 + y
+        _, inv, cnt = np.unique(key, return_inverse=True, return_counts=True)
+        sw = text_w[ti] / cnt[inv]
+        sw[y] *= sw[~y].sum() / sw[y].sum()
+        clf = LogisticRegression(C=self.span_C, max_iter=5000)
+        clf.fit((F - mu) / sd, y, sample_weight=sw * len(sw) / sw.sum())
+        w = clf.coef_[0] / sd
+        b = float(clf.intercept_[0] - np.dot(clf.coef_[0], mu / sd))
+        return SignalHead(weight=w.astype(np.float32), bias=b, knots=np.zeros(0))
 
     def _layer_stats(self, F: np.ndarray) -> LayerStats:
         """Mean, SVD basis and the benign distributions of one layer, the distributions fitted
@@ -201,11 +286,18 @@ def calibrate(
     target_fpr: Mapping[str, float] | None = None,
     *,
     source: str | None = None,
+    styles: Sequence[str | None] | None = None,
+    min_style_texts: int = 30,
 ) -> Codebook:
     """Fit score distributions and level thresholds on benign window features (no labels).
 
     This is how users fit *their* normal: run it on their own benign traffic
     (``benign = corpus.extract(model, texts)``). Too few texts raise :class:`CorpusError`.
+
+    With ``styles`` (one benign style per text: short chat, documents, code, ...), each level's
+    threshold is the highest of the per-style thresholds (styles with at least
+    ``min_style_texts`` texts) and the overall one, so the target rate holds for every style,
+    not only on average; the observed rate per style is recorded.
     """
     target = dict(target_fpr or codebook.metadata.get("target_fpr") or DEFAULT_TARGET_FPR)
     if benign.n_texts < 50:
@@ -216,7 +308,14 @@ def calibrate(
         name: SignalHead(h.weight, h.bias, SplineCDF.fit(raw[name], probs).knots)
         for name, h in codebook.heads.items()
     }
+    span_heads = {
+        name: SignalHead(h.weight, h.bias, SplineCDF.fit(raw[f"span.{name}"], probs).knots)
+        for name, h in codebook.span_heads.items()
+    }
+    if styles is not None and len(styles) != benign.n_texts:
+        raise CorpusError(f"{len(styles)} styles for {benign.n_texts} calibration texts")
     cb = Codebook(
+        span_heads=span_heads,
         layers=codebook.layers,
         layer_stats=codebook.layer_stats,
         heads=heads,
@@ -226,22 +325,39 @@ def calibrate(
         metadata=dict(codebook.metadata),
     )
     composite = Scorer(cb).score_features(benign).composite
-    thresholds, table = {}, {}
+    style_a = np.asarray([s or "" for s in styles]) if styles is not None else None
+    counted = (
+        [x for x in np.unique(style_a) if x and (style_a == x).sum() >= min_style_texts]
+        if style_a is not None
+        else []
+    )
+    thresholds: dict[str, float] = {}
     for level in ALARM_LEVELS:
         fpr = float(target[level])
         thr = float(np.quantile(composite, 1.0 - fpr, method="higher"))
+        for x in counted:
+            # A style's own quantile at the same rate (at least one of its texts above it).
+            c = composite[style_a == x]
+            thr = max(thr, float(np.quantile(c, 1.0 - max(fpr, 1.0 / len(c)), method="higher")))
         # Never below the score a single signal reaches at that FPR on its own.
-        thr = max(thr, float(surprise(fpr)))
-        thresholds[level] = min(thr, 1.0)
+        thresholds[level] = min(max(thr, float(surprise(fpr))), 1.0)
+    # Keep the level order even on tiny calibration sets.
+    thresholds["warning"] = max(thresholds["warning"], thresholds["notice"])
+    thresholds["critical"] = max(thresholds["critical"], thresholds["warning"])
+    table: dict[str, dict[str, Any]] = {}
+    for level in ALARM_LEVELS:
         table[level] = {
-            "target_fpr": fpr,
+            "target_fpr": float(target[level]),
             "threshold": thresholds[level],
             "observed_fpr": float((composite >= thresholds[level]).mean()),
             "benign_texts": int(benign.n_texts),
         }
-    # Keep the level order even on tiny calibration sets.
-    thresholds["warning"] = max(thresholds["warning"], thresholds["notice"])
-    thresholds["critical"] = max(thresholds["critical"], thresholds["warning"])
+        if counted:
+            assert style_a is not None
+            table[level]["per_style"] = {
+                str(x): round(float((composite[style_a == x] >= thresholds[level]).mean()), 5)
+                for x in counted
+            }
     cb.thresholds = thresholds
     cb.metadata["target_fpr"] = target
     cb.metadata["calibration"] = {
@@ -252,3 +368,20 @@ def calibrate(
     cb.metadata.pop("codebook_id", None)
     cb.metadata.pop("tensors_digest", None)
     return cb
+
+
+def _balanced(
+    pos: np.ndarray, neg: np.ndarray, families: np.ndarray, groups: np.ndarray
+) -> np.ndarray:
+    """Text weights: ``1/sqrt(n)`` for a text of a family (attacks) or source (benign) with
+    ``n`` texts, the attack side scaled to the benign side's total (zero elsewhere)."""
+    w = np.zeros(len(pos))
+    for side, key in ((pos, families), (neg & ~pos, groups)):
+        idx = np.flatnonzero(side)
+        if not len(idx):
+            continue
+        _, inv, cnt = np.unique(key[idx], return_inverse=True, return_counts=True)
+        w[idx] = 1.0 / np.sqrt(cnt[inv])
+    if w[pos].sum() > 0:
+        w[pos] *= w[neg & ~pos].sum() / w[pos].sum()
+    return w

@@ -39,9 +39,14 @@ def tool_call_arguments(calls: Iterable[Any]) -> list[str]:
 
 
 def extract_texts(
-    data: ScreenInput, roles: Sequence[str]
+    data: ScreenInput, roles: Sequence[str], *, each_part: bool = False
 ) -> tuple[list[tuple[int, str]], list[str]]:
     """Texts to screen from a string or OpenAI chat messages, and what was ignored.
+
+    Each message gives its text parts (and tool-call arguments) joined by newlines; with
+    ``each_part``, a message of several non-empty parts also gives each part on its own (after
+    the joined text), so one part cannot dilute another: a one-line "Summarise this." before a
+    pasted document is read apart from the document too.
 
     Raises :class:`BadInputError` for shapes that are not chat messages.
     """
@@ -99,6 +104,10 @@ def extract_texts(
         text = "\n".join(p for p in parts if p)
         if text.strip():
             texts.append((i, text))
+            if each_part:
+                pieces = [p for p in parts if p.strip()]
+                if len(pieces) > 1:
+                    texts.extend((i, p) for p in dict.fromkeys(pieces))
     return texts, ignored
 
 

@@ -59,7 +59,7 @@ class Scores:
 
     def composite(self, enabled: Iterable[str] | None = None) -> tuple[float, str | None]:
         """Max score over the enabled signals and the signal that gave it."""
-        names = [s for s in (enabled or self.signals) if s in self.signals]
+        names = [s for s in (self.signals if enabled is None else enabled) if s in self.signals]
         if not names:
             return 0.0, None
         best = max(names, key=lambda s: self.signals[s])
@@ -87,6 +87,12 @@ class Scorer:
             self._W = np.stack([h.weight for h in cb.heads.values()], axis=1).astype(np.float32)
             self._b = np.array([h.bias for h in cb.heads.values()], dtype=np.float64)
         self._names = list(cb.heads)
+        self._span_names = list(cb.span_heads)
+        if cb.span_heads:
+            self._Ws = np.stack([h.weight for h in cb.span_heads.values()], axis=1).astype(
+                np.float32
+            )
+            self._bs = np.array([h.bias for h in cb.span_heads.values()], dtype=np.float64)
         from scipy.stats import chi2  # scipy.stats is slow to import
 
         self._chi2 = chi2
@@ -96,17 +102,31 @@ class Scorer:
         return np.concatenate([feats.features[x] for x in self._layers], axis=1)
 
     def raw_window_statistics(self, feats: WindowFeatures) -> dict[str, np.ndarray]:
-        """Per window: each head's logit, and the anomaly statistic ``-log10 p``."""
+        """Per row: each window head's logit on whole-window rows, each span head's logit
+        (key ``span.<signal>``) on span rows, ``-inf`` where a head does not apply, and the
+        anomaly statistic ``-log10 p`` on whole-window rows."""
         missing = [x for x in self._layers if x not in feats.features]
         if missing:
             raise ValueError(f"features lack codebook layers {missing}")
         out: dict[str, np.ndarray] = {}
+        full = feats.full
         if self._names:
             logits = self._concat(feats).astype(np.float32) @ self._W + self._b
             for j, name in enumerate(self._names):
-                out[name] = logits[:, j].astype(np.float64)
+                v = logits[:, j].astype(np.float64)
+                if self._span_names:
+                    # Window heads read whole windows; span rows belong to the span heads.
+                    v[~full] = -np.inf
+                out[name] = v
+        if self._span_names:
+            span_rows = ~full
+            logits = np.full((len(full), len(self._span_names)), -np.inf)
+            if span_rows.any():
+                x = feats.features[self.codebook.span_layer][span_rows].astype(np.float32)
+                logits[span_rows] = x @ self._Ws + self._bs
+            for j, name in enumerate(self._span_names):
+                out[f"span.{name}"] = logits[:, j]
         # Anomaly is a whole-window statistic: short spans are noisy by nature.
-        full = feats.full
         anomaly = np.zeros(len(full))
         if full.any():
             anomaly[full] = self._anomaly({x: feats.features[x][full] for x in self._layers})
@@ -140,7 +160,7 @@ class Scorer:
         raw = self.raw_window_statistics(feats)
         per_window: dict[str, np.ndarray] = {}
         for name, values in raw.items():
-            key = "anomaly" if name == "anomaly" else f"signal.{name}"
+            key = name if name == "anomaly" or name.startswith("span.") else f"signal.{name}"
             per_window[name] = (
                 surprise(cb.spline(key).sf(values), clip=self.clip) if self.calibrated else values
             )
@@ -148,10 +168,19 @@ class Scorer:
             name: _max_per_text(v, feats.text_index, feats.n_texts)
             for name, v in per_window.items()
         }
+        # A signal with a span head: the stronger of its window and span evidence.
+        for name in self._span_names:
+            w_best, w_arg = best.get(name, (np.zeros(feats.n_texts), np.full(feats.n_texts, -1)))
+            s_best, s_arg = best.pop(f"span.{name}")
+            use_span = s_best > w_best
+            best[name] = (np.where(use_span, s_best, w_best), np.where(use_span, s_arg, w_arg))
+            per_window.pop(f"span.{name}")
         n_windows = np.bincount(feats.text_index, minlength=feats.n_texts)
         tokens = np.zeros(feats.n_texts, dtype=np.int64)
         np.maximum.at(tokens, feats.text_index, feats.token_start + feats.n_tokens)
         texts: list[Scores] = []
+        # The composite (what thresholds are calibrated on) covers the alarm signals only.
+        alarm = cb.alarm_signals
         comp = np.zeros(feats.n_texts)
         for t in range(feats.n_texts):
             signals = {name: float(best[name][0][t]) for name in per_window}
@@ -160,7 +189,7 @@ class Scorer:
                 for name in per_window
             }
             texts.append(Scores(signals, evidence, int(n_windows[t]), int(tokens[t])))
-            comp[t] = max(signals.values()) if signals else 0.0
+            comp[t] = max((signals[x] for x in alarm if x in signals), default=0.0)
         return ScoredBatch(texts=texts, composite=comp)
 
     def _evidence(self, feats: WindowFeatures, name: str, j: int, score: float) -> Evidence:
@@ -180,6 +209,14 @@ class Scorer:
                 layer = best_layer
                 if len(best_idx):
                     comps = tuple((int(i), float(zz[i])) for i in best_idx)
+            elif name in cb.span_heads and not feats.full[j]:
+                # A span row: components of the span layer's basis in the span head's logit.
+                layer = cb.span_layer
+                st = cb.layer_stats[layer]
+                proj = st.project(feats.features[layer][j : j + 1], standardise=False)[0]
+                contrib = (st.basis @ cb.span_heads[name].weight) * proj
+                top = np.argsort(-contrib)[:3]
+                comps = tuple((int(i), float(contrib[i])) for i in top)
             else:
                 # Contribution of each basis component to the head's logit.
                 h = cb.heads[name]

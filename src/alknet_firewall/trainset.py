@@ -23,12 +23,15 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from .errors import BadInputError
+from .features import WindowFeatures
 from .normalize import normalize
 
 __all__ = [
@@ -37,6 +40,7 @@ __all__ = [
     "CorpusRow",
     "TrainingText",
     "read_corpus",
+    "span_labels",
     "training_set",
 ]
 
@@ -289,3 +293,48 @@ def _attack(
         aug="embedded",
         origins=origins,
     )
+
+
+#: Kinds whose whole text is an instruction to the assistant (every span of it is evidence).
+_INSTRUCTION_KINDS = ("direct_injection", "prompt_extraction")
+
+
+def span_labels(
+    feats: WindowFeatures,
+    texts: Sequence[TrainingText],
+    offsets: Callable[[str], Sequence[tuple[int, int]] | None],
+    *,
+    inside: float = 0.6,
+) -> np.ndarray:
+    """One label per feature row for the span head: 1 for a span of an attack instruction,
+    0 for a benign span (benign texts, and the benign data around an injected instruction), -1
+    for rows the span head does not learn from (whole-window rows, jailbreak and harmful texts,
+    spans that straddle an instruction's edge).
+
+    ``offsets(text)`` gives each token's character span (the model's tokenizer); a span of a
+    labelled text counts as the instruction when at least ``inside`` of its tokens lie within
+    the text's ``span``.
+    """
+    labels = np.full(len(feats.text_index), -1, dtype=np.int8)
+    cache: dict[int, Sequence[tuple[int, int]] | None] = {}
+    for j in np.flatnonzero(~feats.full):
+        t = texts[int(feats.text_index[j])]
+        if t.label == 0:
+            labels[j] = 0
+        elif t.span is None:
+            labels[j] = 1 if t.kind in _INSTRUCTION_KINDS else -1
+        else:
+            ti = int(feats.text_index[j])
+            if ti not in cache:
+                cache[ti] = offsets(t.text)
+            offs = cache[ti]
+            if offs is None:
+                continue
+            a0, a1 = t.span
+            start = int(feats.token_start[j])
+            toks = offs[start : start + int(feats.n_tokens[j])]
+            if not toks:
+                continue
+            share = float(np.mean([c0 >= a0 - 1 and c1 <= a1 + 1 for c0, c1 in toks]))
+            labels[j] = 1 if share >= inside else (0 if share == 0 else -1)
+    return labels

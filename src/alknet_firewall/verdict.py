@@ -44,6 +44,9 @@ class Verdict:
     cached_messages: int = 0
     #: Content parts not screened (e.g. ``image_url``), by message index.
     ignored: list[str] = field(default_factory=list)
+    #: Remarks on how the level was reached, e.g. ``unsupported_language:fr`` (level lowered
+    #: one step) or ``annotation:anomaly`` (a signal that may only raise ``notice``).
+    notes: list[str] = field(default_factory=list)
     latency_ms: float = 0.0
     #: Set when the verdict comes from ``fail_mode`` after an internal failure.
     error: str | None = None

@@ -38,7 +38,7 @@ import numpy as np
 from .. import constants
 from ..config import ModelSettings
 from ..errors import ConfigurationError, ModelError, ModelNotFoundError, require
-from ..features import Window, WindowFeatures, make_windows
+from ..features import Window, WindowFeatures, make_windows, window_spans
 from ..hardware import usable_cores
 
 __all__ = [
@@ -416,13 +416,10 @@ class OnnxActivationModel:
         return self.encode_token_windows(self.windows(self.tokenize(texts)), len(texts))
 
     def spans(self, n: int) -> list[tuple[int, int]]:
-        size, stride = self.settings.sub_window, self.settings.sub_window_stride
-        if not size or n <= size or self.pooling != "mean":
+        """Span rows inside a window of ``n`` content tokens (mean pooling only)."""
+        if self.pooling != "mean":
             return []
-        starts = list(range(0, n - size + 1, stride))
-        if starts[-1] != n - size:
-            starts.append(n - size)
-        return [(a, size) for a in starts]
+        return window_spans(n, self.settings.sub_window, self.settings.sub_window_stride)
 
     def encode_token_windows(self, wins: list[Window], n_texts: int) -> WindowFeatures:
         edge = self.settings.edge_window if self.pooling == "mean" else 0

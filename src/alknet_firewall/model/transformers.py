@@ -18,7 +18,7 @@ import numpy as np
 from .. import constants
 from ..config import ModelSettings
 from ..errors import ConfigurationError, ModelError, require
-from ..features import Window, WindowFeatures, make_windows
+from ..features import Window, WindowFeatures, make_windows, window_spans
 from ..hardware import DtypeChoice, choose_dtype
 from .buckets import CudaGraphs, padded_shape, seq_buckets
 from .sources import ModelLocation, quiet_transformers
@@ -143,15 +143,10 @@ class TransformersActivationModel:
         return self.encode_token_windows(self.windows(self.tokenize(texts)), len(texts))
 
     def spans(self, n: int) -> list[tuple[int, int]]:
-        """Short spans (start, length) inside a window of ``n`` content tokens, scored on their
-        own so a short attack is not diluted by the rest of its window."""
-        size, stride = self.settings.sub_window, self.settings.sub_window_stride
-        if not size or n <= size or self.pooling != "mean":
+        """Span rows inside a window of ``n`` content tokens (mean pooling only)."""
+        if self.pooling != "mean":
             return []
-        starts = list(range(0, n - size + 1, stride))
-        if starts[-1] != n - size:
-            starts.append(n - size)
-        return [(a, size) for a in starts]
+        return window_spans(n, self.settings.sub_window, self.settings.sub_window_stride)
 
     def encode_token_windows(self, wins: list[Window], n_texts: int) -> WindowFeatures:
         import torch
