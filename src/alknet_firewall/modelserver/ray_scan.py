@@ -13,12 +13,15 @@ becomes the JSON object of its columns.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from ..config import Settings, coerce_settings
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "scan",
@@ -68,6 +71,28 @@ def _plain(obj: Any) -> Any:
     if isinstance(obj, np.generic):
         return obj.item()
     return obj
+
+
+def _fit_actors(wanted: int, cpus: float, r: Any) -> tuple[int, float]:
+    """Actors (and CPUs each) that leave the cluster half a CPU for the read tasks: an actor
+    pool holding every CPU would wait forever for its input."""
+    import ray
+
+    if r.scan_gpus_per_actor:
+        return wanted, cpus
+    total = float(ray.cluster_resources().get("CPU", 1.0))
+    if cpus > total - 0.5:
+        cpus = max(0.1, total / 2)
+    fit = max(1, int((total - 0.5) // cpus))
+    if fit < wanted:
+        log.warning(
+            "ray.scan_actors=%d x %.2f CPUs do not fit %.1f CPUs with room to read: using %d",
+            wanted,
+            cpus,
+            total,
+            fit,
+        )
+    return min(wanted, fit), cpus
 
 
 def _is_parquet(paths: Sequence[str]) -> bool:
@@ -120,6 +145,7 @@ def scan(
         ray.init(**kwargs)
         started = True
     try:
+        n_actors, cpus = _fit_actors(actors or r.scan_actors, r.scan_cpus_per_actor, r)
         ctx = ray.data.DataContext.get_current()
         ctx.execution_options.preserve_order = True
         paths = (
@@ -133,8 +159,8 @@ def scan(
             _ScanActor,
             fn_constructor_args=(settings.model_dump_json(), policy),
             batch_size=batch_size or r.scan_batch_size,
-            compute=ray.data.ActorPoolStrategy(size=actors or r.scan_actors),
-            num_cpus=r.scan_cpus_per_actor,
+            compute=ray.data.ActorPoolStrategy(size=n_actors),
+            num_cpus=cpus,
             num_gpus=r.scan_gpus_per_actor or None,
             batch_format="numpy",
         )
