@@ -127,3 +127,10 @@ def test_no_burst_while_other_processes_hold_the_cores() -> None:
     finally:
         pool.close()
     assert seen == [] and pool.stats().burst_batches == 0
+
+
+def test_a_worker_waits_for_company_only_when_no_peer_is_idle() -> None:
+    from alknet_firewall.pool import gather_wait
+
+    assert gather_wait(0.002, idle_peers=1) == 0.0  # the idle peer takes the next arrival
+    assert gather_wait(0.002, idle_peers=0) == 0.002  # everyone busy: batch what arrives

@@ -86,6 +86,13 @@ def batch_threads(
     return max(threads, burst_threads)
 
 
+def gather_wait(max_wait_s: float, idle_peers: int) -> float:
+    """How long a worker that took an item waits for more to batch with it: not at all while
+    another worker is idle (that one takes the next arrival at once, so waiting only delays
+    this request), else up to ``max_wait_s``. Items already queued are batched either way."""
+    return 0.0 if idle_peers > 0 else max_wait_s
+
+
 class BatchPool(Generic[T, R]):
     """Runs ``fn(list_of_items) -> list_of_results`` on worker threads in micro-batches."""
 
@@ -261,7 +268,7 @@ class BatchPool(Generic[T, R]):
             batch = [first]
             cost = first.cost
             stop_after = False
-            deadline = time.perf_counter() + self._max_wait
+            deadline = time.perf_counter() + gather_wait(self._max_wait, self._idle_peers())
             while cost < self._max_cost:
                 remaining = deadline - time.perf_counter()
                 try:
@@ -310,6 +317,12 @@ class BatchPool(Generic[T, R]):
                     return  # a replacement took over while this one was stuck
             if stop_after:
                 return
+
+    def _idle_peers(self) -> int:
+        """Other workers waiting for work (live workers minus busy ones minus this one)."""
+        with self._lock:
+            busy = sum(1 for ident in self._busy_since if ident not in self._abandoned)
+        return max(0, self._workers_wanted - busy - 1)
 
     def _idle_now(self) -> float | None:
         """Cores other processes leave idle (only asked when a burst is possible)."""
