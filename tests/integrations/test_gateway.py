@@ -353,7 +353,11 @@ def test_client_disconnect_closes_upstream_stream(gateway: str, upstream: Any) -
 def test_healthz_metrics_and_non_json(firewall: Any, gateway: str) -> None:
     h = httpx.get(gateway + "/healthz", timeout=10)
     assert h.status_code == 200
-    assert h.json() == {"status": "ok", "codebook": firewall.codebook.id, "queue_depth": 0}
+    body = h.json()
+    model = body.pop("model")
+    assert body == {"status": "ok", "codebook": firewall.codebook.id, "queue_depth": 0}
+    # What runs the model (ADR 0005): the resolved dtype, never "auto".
+    assert model["dtype"] == firewall.model.describe()["dtype"] != "auto"
     m = httpx.get(gateway + "/metrics", timeout=10)
     assert m.status_code == 200 and m.headers["content-type"].startswith("text/plain")
     assert "alknet_firewall_verdicts_total" in m.text
