@@ -322,7 +322,8 @@ def test_close_under_load_never_hangs(codebook: Any) -> None:
 
 
 def test_screen_many_return_exceptions_closed_and_worker_init(codebook: Any) -> None:
-    fw, model = make(codebook, pool={"threads_per_worker": 3})
+    # burst_threads = threads_per_worker: no lone-request burst (ADR 0005) on many-core hosts
+    fw, model = make(codebook, pool={"threads_per_worker": 3, "burst_threads": 3})
     with fw:
         out = fw.screen_many([benign_text(1), b"bytes"], return_exceptions=True)  # type: ignore[list-item]
         assert isinstance(out[0], Verdict) and isinstance(out[1], BadInputError)
