@@ -334,11 +334,11 @@ def calibrate(
     thresholds: dict[str, float] = {}
     for level in ALARM_LEVELS:
         fpr = float(target[level])
-        thr = float(np.quantile(composite, 1.0 - fpr, method="higher"))
-        for x in counted:
-            # A style's own quantile at the same rate (at least one of its texts above it).
-            c = composite[style_a == x]
-            thr = max(thr, float(np.quantile(c, 1.0 - max(fpr, 1.0 / len(c)), method="higher")))
+        thr = _quantile(composite, fpr)
+        # Per style where the style has the texts to estimate the rate: a 0.1 % (critical)
+        # quantile needs thousands of texts per style, so critical is set on all styles pooled.
+        for x in counted if level != "critical" else ():
+            thr = max(thr, _quantile(composite[style_a == x], fpr))
         # Never below the score a single signal reaches at that FPR on its own.
         thresholds[level] = min(max(thr, float(surprise(fpr))), 1.0)
     # Keep the level order even on tiny calibration sets.
@@ -368,6 +368,12 @@ def calibrate(
     cb.metadata.pop("codebook_id", None)
     cb.metadata.pop("tensors_digest", None)
     return cb
+
+
+def _quantile(scores: np.ndarray, rate: float) -> float:
+    """The score that ``rate`` of ``scores`` reach, estimated with at least two of them above
+    it (a smaller rate on a small set is just its maximum)."""
+    return float(np.quantile(scores, 1.0 - max(rate, 2.0 / len(scores)), method="higher"))
 
 
 def _balanced(
