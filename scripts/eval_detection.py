@@ -32,7 +32,14 @@ from alknet_firewall.fitting import CodebookBuilder
 from alknet_firewall.integrations.console.highlight import token_offsets
 from alknet_firewall.model import load_model
 from alknet_firewall.scoring import Scorer, level_for
-from alknet_firewall.trainset import TrainingText, read_corpus, span_labels, training_set
+from alknet_firewall.trainset import (
+    SUSPICIOUS_RATE_FACTOR,
+    SUSPICIOUS_STYLES,
+    TrainingText,
+    read_corpus,
+    span_labels,
+    training_set,
+)
 
 #: (held-out attack families, held-out benign sources) per fold.
 FOLDS: list[tuple[list[str], list[str]]] = [
@@ -59,7 +66,6 @@ VARIANTS = {
     "anomaly-alarm": {"spans": True, "per_style": True, "anomaly": True},
     "v1": {"spans": False, "per_style": False, "anomaly": True},
 }
-SUSPICIOUS_STYLES = ("lookalike", "roleplay", "system_prompt")
 
 
 def fold_masks(texts: list[TrainingText], held: set[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -115,7 +121,10 @@ def main() -> int:
         attack_src, benign_src = FOLDS[k - 1]
         train, test = fold_masks(texts, set(attack_src) | set(benign_src))
         rows = train[feats.text_index]
-        builder = CodebookBuilder(alarm_signals=alarm)
+        builder = CodebookBuilder(
+            alarm_signals=alarm,
+            style_rate_factor=dict.fromkeys(SUSPICIOUS_STYLES, SUSPICIOUS_RATE_FACTOR),
+        )
         builder.fit(
             feats.subset(train),
             kinds[train].tolist(),

@@ -27,7 +27,13 @@ from .messages import extract_texts
 from .model import IDENTITY_KEYS, READING_KEYS, load_model, resolve
 from .model.onnx import export_onnx
 from .scan import input_of, scan_chunk, scan_line
-from .trainset import read_corpus, span_labels, training_set
+from .trainset import (
+    SUSPICIOUS_RATE_FACTOR,
+    SUSPICIOUS_STYLES,
+    read_corpus,
+    span_labels,
+    training_set,
+)
 
 __all__ = [
     "build_parser",
@@ -242,7 +248,12 @@ def cmd_codebook_build(args: argparse.Namespace) -> int:
         },
         "build_command": "alknet-firewall " + " ".join(sys.argv[1:]) if sys.argv else None,
     }
-    builder = CodebookBuilder(k=args.k, C=args.C, random_state=args.seed)
+    builder = CodebookBuilder(
+        k=args.k,
+        C=args.C,
+        random_state=args.seed,
+        style_rate_factor=dict.fromkeys(SUSPICIOUS_STYLES, SUSPICIOUS_RATE_FACTOR),
+    )
     builder.fit(
         feats,
         [t.kind for t in texts],

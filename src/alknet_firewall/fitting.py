@@ -37,6 +37,7 @@ __all__ = ["CodebookBuilder", "Labelled", "calibrate"]
 
 log = logging.getLogger(__name__)
 
+
 @dataclass(frozen=True)
 class Labelled:
     """Window features with a kind and a group (source) per text."""
@@ -66,6 +67,7 @@ class CodebookBuilder:
         probs: np.ndarray = DEFAULT_PROBS,
         alarm_signals: Sequence[str] = DETECTION_SIGNALS,
         min_style_texts: int = 30,
+        style_rate_factor: Mapping[str, float] | None = None,
         random_state: int = 0,
     ) -> None:
         self.k = k
@@ -76,6 +78,7 @@ class CodebookBuilder:
         self.probs = probs
         self.alarm_signals = alarm_signals
         self.min_style_texts = min_style_texts
+        self.style_rate_factor = style_rate_factor
         self.random_state = random_state
 
     def _validate(self, feats: WindowFeatures, kinds: Sequence[str]) -> dict[str, float]:
@@ -211,6 +214,7 @@ class CodebookBuilder:
             target_fpr,
             styles=calib_styles,
             min_style_texts=self.min_style_texts,
+            style_rate_factor=self.style_rate_factor,
         )
         return self
 
@@ -288,6 +292,7 @@ def calibrate(
     source: str | None = None,
     styles: Sequence[str | None] | None = None,
     min_style_texts: int = 30,
+    style_rate_factor: Mapping[str, float] | None = None,
 ) -> Codebook:
     """Fit score distributions and level thresholds on benign window features (no labels).
 
@@ -297,7 +302,10 @@ def calibrate(
     With ``styles`` (one benign style per text: short chat, documents, code, ...), each level's
     threshold is the highest of the per-style thresholds (styles with at least
     ``min_style_texts`` texts) and the overall one, so the target rate holds for every style,
-    not only on average; the observed rate per style is recorded.
+    not only on average; the observed rate per style is recorded. ``style_rate_factor``
+    tolerates a multiple of the target rate for some styles (the default build: 5× for
+    benign-but-suspicious styles — role-play, system prompts, look-alikes — whose tolerated
+    false-alarm rate is 5 % against 1 % for ordinary traffic).
     """
     target = dict(target_fpr or codebook.metadata.get("target_fpr") or DEFAULT_TARGET_FPR)
     if benign.n_texts < 50:
@@ -338,7 +346,8 @@ def calibrate(
         # Per style where the style has the texts to estimate the rate: a 0.1 % (critical)
         # quantile needs thousands of texts per style, so critical is set on all styles pooled.
         for x in counted if level != "critical" else ():
-            thr = max(thr, _quantile(composite[style_a == x], fpr))
+            rate = min(fpr * float((style_rate_factor or {}).get(x, 1.0)), 0.5)
+            thr = max(thr, _quantile(composite[style_a == x], rate))
         # Never below the score a single signal reaches at that FPR on its own.
         thresholds[level] = min(max(thr, float(surprise(fpr))), 1.0)
     # Keep the level order even on tiny calibration sets.

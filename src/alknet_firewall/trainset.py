@@ -37,6 +37,8 @@ from .normalize import normalize
 __all__ = [
     "BENIGN_STYLES",
     "STYLE_OF_SOURCE",
+    "SUSPICIOUS_RATE_FACTOR",
+    "SUSPICIOUS_STYLES",
     "CorpusRow",
     "TrainingText",
     "read_corpus",
@@ -67,6 +69,10 @@ STYLE_OF_SOURCE: dict[str, str] = {
     "aug_fragment": "short_chat",
 }
 BENIGN_STYLES = tuple(sorted(set(STYLE_OF_SOURCE.values())))
+#: Benign but superficially suspicious styles: their tolerated false-alarm rate is 5 % where
+#: ordinary traffic's is 1 % (the calibration factor the default build uses).
+SUSPICIOUS_STYLES = ("lookalike", "roleplay", "system_prompt")
+SUSPICIOUS_RATE_FACTOR = 5.0
 
 #: Benign texts that stand in for the data a tool returns (short, several styles).
 _FILL_SOURCES = ("hh_helpful", "gsm8k", "truthfulqa", "self_instruct", "emails")
