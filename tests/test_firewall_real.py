@@ -50,7 +50,12 @@ def test_clear_cut_texts(fw: Firewall) -> None:
         assert v.action == "allow", (text, v.to_dict())
     for text in ATTACKS:
         v = fw.screen(text)
-        assert v.action == "block", (text, v.to_dict())
+        # Never let through; the injection is blocked outright. The harmful request reaches
+        # `warning` (flag) with the per-style thresholds of codebook v2 (ADR 0007), which hold
+        # harmless look-alikes of harmful requests to their tolerated rate.
+        assert v.action != "allow", (text, v.to_dict())
+        if text.startswith("Ignore"):
+            assert v.action == "block", v.to_dict()
         assert v.signal in ("injection", "jailbreak", "harmful") and v.window is not None
 
 
