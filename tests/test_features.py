@@ -87,3 +87,25 @@ def test_window_spans_cover_the_window_flush_to_its_end() -> None:
     assert spans[0] == (0, 32) and spans[-1] == (96, 32) and len(spans) == 7
     odd = window_spans(70, 32, 16)
     assert odd[-1] == (38, 32) and all(length == 32 for _, length in odd)
+
+
+def test_row_plan_lists_each_window_then_its_spans() -> None:
+    from alknet_firewall.features import Window, plan_rows, window_spans
+
+    # Text 0: 34 tokens in windows [0, 32) and [24, 34); text 1: empty.
+    wins = [
+        Window(0, 0, 0, list(range(32))),
+        Window(0, 1, 24, list(range(10))),
+        Window(1, 0, 0, []),
+    ]
+    plan = plan_rows(wins, lambda n: window_spans(n, 16, 8), edge=0)
+    assert plan.row_of == [[0, 1, 2, 3], [4, 5], [6]]
+    assert plan.spans_of == [[(0, 16), (8, 16), (16, 16)], [(0, 10)], []]
+    assert plan.token_start == [0, 0, 8, 16, 24, 24, 0]
+    assert plan.n_tokens == [32, 16, 16, 16, 10, 10, 0]
+    assert plan.is_sub == [False, True, True, True, False, True, False]
+    # Edges: the text's first 4 tokens (window 0) and its last 4 (window 1, tokens 30-33).
+    edged = plan_rows(wins[:2], lambda n: [], edge=4)
+    assert edged.spans_of == [[(0, 4)], [(6, 4)]]
+    feats = plan.features({8: np.zeros((7, 4), dtype=np.float32)}, n_texts=2)
+    assert feats.full.tolist() == [True, False, False, False, True, False, True]

@@ -8,13 +8,13 @@ text, a subset of texts, concatenation, ``.npz`` round trips) lives here.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["Window", "WindowFeatures", "make_windows", "window_spans"]
+__all__ = ["RowPlan", "Window", "WindowFeatures", "make_windows", "plan_rows", "window_spans"]
 
 
 @dataclass(frozen=True)
@@ -42,6 +42,65 @@ def window_spans(n: int, size: int, stride: int) -> list[tuple[int, int]]:
     if starts[-1] != n - size:
         starts.append(n - size)
     return [(a, size) for a in starts]
+
+
+@dataclass(frozen=True)
+class RowPlan:
+    """Which feature rows a batch of windows produces: per window its whole-window row, then its
+    span rows (and edge rows), with their token positions. Every backend pools into this plan,
+    so they agree row for row."""
+
+    #: Row numbers of each window (first: the whole window).
+    row_of: list[list[int]]
+    #: Spans ``(start, length)`` of each window, in the order of ``row_of[j][1:]``.
+    spans_of: list[list[tuple[int, int]]]
+    text_index: list[int]
+    window_index: list[int]
+    token_start: list[int]
+    n_tokens: list[int]
+    is_sub: list[bool]
+
+    def features(self, pooled: dict[int, np.ndarray], n_texts: int) -> WindowFeatures:
+        """The plan's rows filled with ``pooled`` (``[rows, feature_size]`` per layer)."""
+        return WindowFeatures(
+            features=pooled,
+            text_index=np.array(self.text_index, dtype=np.int64),
+            window_index=np.array(self.window_index, dtype=np.int64),
+            token_start=np.array(self.token_start, dtype=np.int64),
+            n_tokens=np.array(self.n_tokens, dtype=np.int64),
+            n_texts=n_texts,
+            is_sub=np.array(self.is_sub, dtype=bool),
+        )
+
+
+def plan_rows(
+    wins: Sequence[Window], spans: Callable[[int], list[tuple[int, int]]], edge: int = 0
+) -> RowPlan:
+    """The row plan of ``wins``: ``spans(n)`` gives a window's span rows; with ``edge`` the
+    first and last ``edge`` tokens of every text longer than twice that get a row too."""
+    text_end: dict[int, int] = {}
+    for w in wins:
+        text_end[w.text] = max(text_end.get(w.text, 0), w.start + len(w.content))
+    plan = RowPlan([], [], [], [], [], [], [])
+    for w in wins:
+        n = len(w.content)
+        extra = list(spans(n))
+        if edge and n > 2 * edge:
+            if w.start == 0:
+                extra.append((0, edge))
+            if w.start + n == text_end[w.text]:
+                extra.append((n - edge, edge))
+        rows = []
+        for a, length in [(0, n), *extra]:
+            rows.append(len(plan.text_index))
+            plan.text_index.append(w.text)
+            plan.window_index.append(w.index)
+            plan.token_start.append(w.start + a)
+            plan.n_tokens.append(length)
+            plan.is_sub.append(len(rows) > 1)
+        plan.row_of.append(rows)
+        plan.spans_of.append(extra)
+    return plan
 
 
 def make_windows(token_ids: Sequence[Sequence[int]], max_tokens: int, overlap: int) -> list[Window]:

@@ -18,7 +18,7 @@ import numpy as np
 from .. import constants
 from ..config import ModelSettings
 from ..errors import ConfigurationError, ModelError, require
-from ..features import Window, WindowFeatures, make_windows, window_spans
+from ..features import Window, WindowFeatures, make_windows, plan_rows, window_spans
 from ..hardware import DtypeChoice, choose_dtype
 from .buckets import CudaGraphs, padded_shape, seq_buckets
 from .sources import ModelLocation, quiet_transformers
@@ -155,32 +155,10 @@ class TransformersActivationModel:
             torch.set_num_threads(self.settings.threads)
         # Rows: one per window, then its spans; and the head and tail of every long text.
         edge = self.settings.edge_window if self.pooling == "mean" else 0
-        text_end: dict[int, int] = {}
-        for w in wins:
-            text_end[w.text] = max(text_end.get(w.text, 0), w.start + len(w.content))
-        row_of: list[list[int]] = []
-        spans_of: list[list[tuple[int, int]]] = []
-        text_index, window_index, token_start, n_tokens, is_sub = [], [], [], [], []
-        for w in wins:
-            n = len(w.content)
-            spans = self.spans(n)
-            if edge and n > 2 * edge:
-                if w.start == 0:
-                    spans.append((0, edge))
-                if w.start + n == text_end[w.text]:
-                    spans.append((n - edge, edge))
-            rows = []
-            for a, length in [(0, n), *spans]:
-                rows.append(len(text_index))
-                text_index.append(w.text)
-                window_index.append(w.index)
-                token_start.append(w.start + a)
-                n_tokens.append(length)
-                is_sub.append(len(rows) > 1)
-            row_of.append(rows)
-            spans_of.append(spans)
+        plan = plan_rows(wins, self.spans, edge)
+        row_of, spans_of = plan.row_of, plan.spans_of
         feats = {
-            layer: np.zeros((len(text_index), self.feature_size), dtype=np.float32)
+            layer: np.zeros((len(plan.text_index), self.feature_size), dtype=np.float32)
             for layer in self.layers
         }
         # Group by length: padding wastes compute.
@@ -190,15 +168,7 @@ class TransformersActivationModel:
             for b in range(0, len(order), bs):
                 idx = order[b : b + bs]
                 self._forward(idx, wins, feats, row_of, spans_of)
-        return WindowFeatures(
-            features=feats,
-            text_index=np.array(text_index, dtype=np.int64),
-            window_index=np.array(window_index, dtype=np.int64),
-            token_start=np.array(token_start, dtype=np.int64),
-            n_tokens=np.array(n_tokens, dtype=np.int64),
-            n_texts=n_texts,
-            is_sub=np.array(is_sub, dtype=bool),
-        )
+        return plan.features(feats, n_texts)
 
     def _forward(
         self,
