@@ -5,7 +5,9 @@ Twelve folds; each holds out attack families (sources, InjecAgent template group
 source of embedded injections) and benign collections, fits a codebook with exactly the shipped
 builder on everything else — minus whatever was derived from the held-out sources: filled
 templates whose question came from them, near-duplicates, augmentations — and scores the held-out
-texts with that fold's own calibrated thresholds. Every corpus source is held out once.
+texts with that fold's own calibrated thresholds. Every corpus source is held out once; an
+InjecAgent fold holds out a tool-template group together with an attacker-instruction group (the
+60 instructions recur in every template), and its test attacks have both unseen.
 
     .venv/bin/python scripts/eval_detection.py --corpus ../shared/corpus --out docs/evaluation
 
@@ -70,12 +72,26 @@ VARIANTS = {
 
 def fold_masks(texts: list[TrainingText], held: set[str]) -> tuple[np.ndarray, np.ndarray]:
     """Training texts (nothing derived from a held-out source) and test texts (corpus texts of
-    the held-out families, and benign tool templates of held-out template groups)."""
-    test = np.array(
-        [(t.family in held or t.source in held) and t.aug in (None, "filler") for t in texts]
-    )
+    the held-out families, and benign tool templates of held-out template groups).
+
+    InjecAgent's 60 attacker instructions recur in every tool template, so holding out template
+    group ``g`` also holds out instruction group ``g``: training keeps neither, and the test
+    attacks are those whose template *and* instruction are both unseen."""
+    instr = {
+        f"injecagent-instructions:{f.split(':')[1]}" for f in held if f.startswith("injecagent:")
+    }
+    excluded = held | instr
+
+    def is_test(t: TrainingText) -> bool:
+        if not (t.family in held or t.source in held) or t.aug not in (None, "filler"):
+            return False
+        if t.source == "injecagent":
+            return bool(instr & set(t.origins))
+        return True
+
+    test = np.array([is_test(t) for t in texts])
     train = np.array(
-        [not (t.family in held or t.source in held or held & set(t.origins)) for t in texts]
+        [not (t.family in held or t.source in held or excluded & set(t.origins)) for t in texts]
     )
     return train, test
 

@@ -24,7 +24,7 @@ from .firewall import Firewall
 from .fitting import CodebookBuilder, calibrate
 from .logs import configure
 from .messages import extract_texts
-from .model import IDENTITY_KEYS, READING_KEYS, load_model, resolve
+from .model import IDENTITY_KEYS, load_model, resolve
 from .model.onnx import export_onnx
 from .scan import input_of, scan_chunk, scan_line
 from .trainset import (
@@ -81,9 +81,7 @@ def _prepare_onnx(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     codebook = load_codebook(args.codebook or settings.detection.codebook)
-    meta = codebook.metadata.get("model", {})
-    update = {k: meta[k] for k in READING_KEYS if k in meta}
-    ms = settings.model.merged(layers=tuple(codebook.layers), **update)
+    ms = settings.model.merged(**codebook.reading())
     precision = "int8" if args.quantize == "int8" else "float32"
     path = export_onnx(ms, precision)
     _print_json(
@@ -282,8 +280,7 @@ def cmd_codebook_calibrate(args: argparse.Namespace) -> int:
                 texts.extend(t for _, t in extract_texts(data, ("user", "tool", "function"))[0])
     settings = _settings(args)
     cb = load_codebook(args.codebook or settings.detection.codebook)
-    ms = settings.model.merged(layers=tuple(cb.layers))
-    model = load_model(ms)
+    model = load_model(settings.model.merged(**cb.reading()))
     cb.check_model(model.describe())
     feats = extract(model, texts)
     target = dict(cb.metadata.get("target_fpr", {}))

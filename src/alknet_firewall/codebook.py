@@ -35,6 +35,7 @@ from .distributions import (
     surprise_inverse,
 )
 from .errors import CodebookError, CodebookMismatchError
+from .model.base import READING_KEYS
 
 __all__ = [
     "BENIGN_KINDS",
@@ -149,6 +150,13 @@ class Codebook:
         annotate (at most ``notice``). Codebooks without the entry: every signal."""
         names = self.metadata.get("alarm_signals")
         return tuple(names) if names is not None else self.signals
+
+    def reading(self) -> dict[str, Any]:
+        """Model settings that make a model read text the way this codebook was fitted: its
+        layers and the reading keys it records (pooling, windows, spans ...). Every place that
+        builds a model for a codebook merges these over the user's model settings."""
+        meta = self.metadata.get("model", {})
+        return {"layers": tuple(self.layers), **{k: meta[k] for k in READING_KEYS if k in meta}}
 
     @property
     def span_layer(self) -> int:
@@ -276,6 +284,14 @@ class Codebook:
             h.update(str(arr.shape).encode())
             h.update(np.ascontiguousarray(arr).tobytes())
         h.update(json.dumps(self.thresholds, sort_keys=True).encode())
+        if self.span_heads or "alarm_signals" in self.metadata:
+            # Schema 2: which signals may alarm, and which layer span heads read, decide
+            # verdicts as much as the tensors do (schema-1 digests stay as they were).
+            decisive = {
+                "alarm_signals": self.metadata.get("alarm_signals"),
+                "span_layer": self.metadata.get("span_layer"),
+            }
+            h.update(json.dumps(decisive, sort_keys=True).encode())
         return h.hexdigest()
 
     def save(self, path: str | Path) -> Path:

@@ -40,7 +40,7 @@ from .errors import (
 from .hardware import idle_cores_probe, usable_cores
 from .language import guess_language
 from .messages import ScreenInput, extract_texts, rough_size
-from .model import READING_KEYS, ActivationModel, load_model
+from .model import ActivationModel, load_model
 from .normalize import normalize
 from .pool import BatchPool
 from .recorder import Recorder
@@ -66,6 +66,25 @@ class _Item:
     seam: bool = False
     #: One text part of a message of several parts, screened on its own as well.
     part: bool = False
+
+
+def _language(text: str) -> str | None:
+    """The language code of a text that is not English at its start *and* at its end (an
+    English instruction after a foreign preamble is English), else None."""
+    head, tail = guess_language(text[:2000]), guess_language(text[-2000:])
+    return None if head.english or tail.english else head.code
+
+
+class _Texts(tuple):  # type: ignore[type-arg]
+    """A pool job: the texts of one request, and which of them count towards the size limit."""
+
+    counts: tuple[bool, ...]
+
+
+def _job(todo: list[tuple[int, str, str]], items: list[_Item]) -> tuple[str, ...]:
+    job = _Texts(text for _, text, _ in todo)
+    job.counts = tuple(not (items[n].part or items[n].seam) for n, _, _ in todo)
+    return job
 
 
 #: Characters taken from each side of a seam (about 75 tokens each: one window in all).
@@ -152,13 +171,8 @@ class Firewall:
 
     def _model_settings(self) -> ModelSettings:
         """Model settings with the codebook's layers, pooling and windowing."""
-        meta = self.codebook.metadata.get("model", {})
-        update: dict[str, Any] = {"layers": tuple(self.codebook.layers)}
-        for key in READING_KEYS:
-            if key in meta:
-                update[key] = meta[key]
         # Each pool worker runs its own torch threads; the model itself sets none.
-        return self.settings.model.merged(**update, threads=None)
+        return self.settings.model.merged(**self.codebook.reading(), threads=None)
 
     # -- lifecycle -----------------------------------------------------------------------------
     def _worker_init(self) -> None:
@@ -212,7 +226,9 @@ class Firewall:
         for job in jobs:
             idx = list(range(pos, pos + len(job)))
             pos += len(job)
-            total = sum(len(ids[i]) for i in idx)
+            # Parts and seams repeat text of the request's messages: only messages count.
+            counts = getattr(job, "counts", None) or (True,) * len(job)
+            total = sum(len(ids[i]) for i, c in zip(idx, counts, strict=True) if c)
             if total > limit:
                 out.append(
                     InputTooLargeError(
@@ -242,7 +258,9 @@ class Firewall:
             raise FirewallClosedError("the firewall is closed; create a new one")
         texts, ignored = extract_texts(data, policy.roles, each_part=True)
         limit = self.settings.detection.max_input_tokens
-        total_chars = sum(len(t) for _, t in texts)
+        total_chars = sum(
+            len(t) for n, (i, t) in enumerate(texts) if not (n and texts[n - 1][0] == i)
+        )
         if total_chars > limit * 32:
             raise InputTooLargeError(
                 f"request has {total_chars} characters to screen, far above "
@@ -301,10 +319,12 @@ class Firewall:
     def cache_hits(self) -> int:
         return self._cache_hits
 
-    def _submit(self, todo: list[tuple[int, str, str]]) -> concurrent.futures.Future[list[Scores]]:
+    def _submit(
+        self, todo: list[tuple[int, str, str]], items: list[_Item], **kwargs: Any
+    ) -> concurrent.futures.Future[list[Scores]]:
         """One pool job per request, so a request with many messages never overflows the queue
         by itself and its texts share one forward pass."""
-        return self.pool.submit(tuple(text for _, text, _ in todo))
+        return self.pool.submit(_job(todo, items), **kwargs)
 
     def screen(
         self, data: ScreenInput, *, policy: str | None = None, timeout: float | None = None
@@ -321,7 +341,7 @@ class Firewall:
         try:
             results: list[Scores] = []
             if todo:
-                future = self._submit(todo)
+                future = self._submit(todo, items)
                 try:
                     results = future.result(timeout=max(0.0, t0 + timeout - time.perf_counter()))
                 except concurrent.futures.TimeoutError:
@@ -361,13 +381,12 @@ class Firewall:
             if todo and batch:
                 loop = asyncio.get_running_loop()
                 started = asyncio.Event()
-                future = self.pool.submit(
-                    tuple(text for _, text, _ in todo),
-                    on_start=lambda: loop.call_soon_threadsafe(started.set),
+                future = self._submit(
+                    todo, items, on_start=lambda: loop.call_soon_threadsafe(started.set)
                 )
                 results = await self._await_started(future, started, timeout)
             elif todo:
-                future = self._submit(todo)
+                future = self._submit(todo, items)
                 results = await asyncio.wait_for(asyncio.wrap_future(future), timeout)
         except (BadInputError, FirewallClosedError):
             raise
@@ -521,18 +540,19 @@ class Firewall:
                 signals[s] = max(signals.get(s, 0.0), v)
             score, sig = sc.composite([x for x in pol.signals if x in alarm])
             level_n = LEVELS.index(level_for(score, thresholds))
+            item_notes: list[str] = []
             ann_score, ann = sc.composite([x for x in pol.signals if x not in alarm])
             if ann is not None and level_n == 0 and level_for(ann_score, thresholds) != "clear":
                 # A signal that did not earn an alarm may still annotate: notice at most.
                 level_n, score, sig = 1, ann_score, ann
-                notes.append(f"annotation:{ann}")
+                item_notes.append(f"annotation:{ann}")
             if level_n and pol.languages == "demote":
-                lang = guess_language(items[n].text)
-                if not lang.english:
+                lang = _language(items[n].text)
+                if lang is not None:
                     level_n -= 1
-                    notes.append(f"unsupported_language:{lang.code}")
+                    item_notes.append(f"unsupported_language:{lang}")
             if sig is not None and (best_item is None or (level_n, score) > best):
-                best, best_signal, best_item = (level_n, score), sig, n
+                best, best_signal, best_item, notes = (level_n, score), sig, n, item_notes
         level = LEVELS[max(best[0], 0)]
         best_score = best[1]
         action = pol.actions[level]

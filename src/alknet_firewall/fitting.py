@@ -170,7 +170,7 @@ class CodebookBuilder:
             heads[name] = SignalHead(weight=w.astype(np.float32), bias=b, knots=np.zeros(0))
         span_heads: dict[str, SignalHead] = {}
         span_layer = max(layers)
-        if span_labels is not None:
+        if span_labels is not None and "injection" in heads:
             head = self._span_head(
                 all_feats, np.asarray(span_labels), full_rows, calib, fam, grp, span_layer
             )
@@ -310,6 +310,12 @@ def calibrate(
     target = dict(target_fpr or codebook.metadata.get("target_fpr") or DEFAULT_TARGET_FPR)
     if benign.n_texts < 50:
         raise CorpusError(f"calibration needs at least 50 benign texts, got {benign.n_texts}")
+    if codebook.span_heads and benign.full.all():
+        raise CorpusError(
+            "this codebook has span heads but the features have no span rows: extract them "
+            "with the codebook's reading settings (model settings merged with "
+            "codebook.reading(): sub_window, sub_window_stride, ...)"
+        )
     probs = codebook.probs
     raw = Scorer(codebook, calibrated=False).raw_text_statistics(benign)
     heads = {

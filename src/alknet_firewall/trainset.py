@@ -21,10 +21,11 @@ prompts, look-alikes), which calibration uses to hold the false-positive rate pe
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -166,6 +167,12 @@ def _family(row: CorpusRow) -> str:
 
 def _origins(row: CorpusRow) -> tuple[str, ...]:
     out = [row.source]
+    injected = row.meta.get("injected_text") if row.source == "injecagent" else None
+    if injected:
+        # InjecAgent's 60 attacker instructions recur in every tool template: evaluation holds
+        # out an instruction group together with a template group.
+        group = int(hashlib.sha256(str(injected).encode()).hexdigest()[:8], 16) % TEMPLATE_GROUPS
+        out.append(f"injecagent-instructions:{group}")
     if row.filled and row.meta.get("fill_source"):
         out.append(str(row.meta["fill_source"]))
     if row.near_dup_of:
@@ -186,7 +193,7 @@ def training_set(
     caps = augment_caps or {"filler": 300, "embedded": 300, "fragment": 300, "concat": 100}
     rng = random.Random(seed)
     benign = [r for r in rows if r.label == 0]
-    fill_pool = [r.text for r in benign if r.source in _FILL_SOURCES and 20 < len(r.text) < 400]
+    fill_pool = [r for r in benign if r.source in _FILL_SOURCES and 20 < len(r.text) < 400]
     docs = [r for r in benign if r.source in _DOC_SOURCES and len(r.text) > 200]
     aug: dict[str, list[TrainingText]] = {
         k: [] for k in ("filler", "embedded", "fragment", "concat")
@@ -195,12 +202,16 @@ def training_set(
     for r in rows:
         injected = r.meta.get("injected_text") if r.source == "injecagent" else None
         if injected and injected in r.text and fill_pool:
-            fill = rng.choice(fill_pool).replace("'", "’")
-            aug["filler"].append(
-                _benign(
-                    r.text.replace(injected, fill), "aug_injecagent_benign", _family(r), "filler", r
-                )
+            fill = rng.choice(fill_pool)
+            t = _benign(
+                r.text.replace(injected, fill.text.replace("'", "’")),
+                "aug_injecagent_benign",
+                _family(r),
+                "filler",
+                r,
             )
+            # The template's and the filler's sources stay on the same side of a split.
+            aug["filler"].append(replace(t, origins=(*t.origins, *_origins(fill))))
     # 2. Injections and extraction requests embedded in benign documents, span-labelled.
     payloads = [
         r for r in rows if r.kind in ("direct_injection", "prompt_extraction") and len(r.text) < 600
@@ -226,7 +237,7 @@ def training_set(
         for _ in range(600):
             a, b = rng.sample(docs, 2)
             t = _benign(a.text.rstrip() + "\n\n" + b.text, "aug_concat", a.source, "concat", a)
-            aug["concat"].append(TrainingText(**{**t.__dict__, "origins": (a.source, b.source)}))
+            aug["concat"].append(replace(t, origins=(a.source, b.source)))
     # Stratified selection of the corpus itself.
     by_source: dict[str, list[CorpusRow]] = {}
     for r in rows:
