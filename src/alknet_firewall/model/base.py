@@ -12,9 +12,9 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from ..features import Window, WindowFeatures
+from ..features import Window, WindowFeatures, make_windows, window_spans
 
-__all__ = ["IDENTITY_KEYS", "READING_KEYS", "ActivationModel"]
+__all__ = ["IDENTITY_KEYS", "READING_KEYS", "ActivationModel", "WindowedModel"]
 
 #: Settings that decide what the model reads and how it pools: a codebook records them and
 #: the firewall runs its model with the codebook's values.
@@ -89,3 +89,37 @@ class ActivationModel(Protocol):
     def close(self) -> None:
         """Release what the model holds (connections, sessions). Idempotent."""
         ...
+
+
+class WindowedModel:
+    """What every backend shares above its forward pass: windows, span rows and the encode
+    wrappers. A backend sets ``settings``, ``pooling``, ``max_tokens``, ``window_overlap`` and
+    implements ``tokenize`` and ``encode_token_windows``."""
+
+    settings: Any
+    pooling: str
+    max_tokens: int
+    window_overlap: int
+
+    def tokenize(self, texts: Sequence[str]) -> list[list[int]]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def encode_token_windows(self, wins: list[Window], n_texts: int) -> WindowFeatures:
+        raise NotImplementedError  # pragma: no cover - abstract
+
+    def windows(self, token_ids: Sequence[Sequence[int]]) -> list[Window]:
+        return make_windows(token_ids, self.max_tokens, self.window_overlap)
+
+    def encode(self, texts: list[str]) -> dict[int, np.ndarray]:
+        return self.encode_windows(texts).per_text(self.pooling)
+
+    def encode_windows(self, texts: list[str]) -> WindowFeatures:
+        if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
+            raise TypeError("encode expects a list of str")
+        return self.encode_token_windows(self.windows(self.tokenize(texts)), len(texts))
+
+    def spans(self, n: int) -> list[tuple[int, int]]:
+        """Span rows inside a window of ``n`` content tokens (mean pooling only)."""
+        if self.pooling != "mean":
+            return []
+        return window_spans(n, self.settings.sub_window, self.settings.sub_window_stride)

@@ -38,8 +38,9 @@ import numpy as np
 from .. import constants
 from ..config import ModelSettings
 from ..errors import ConfigurationError, ModelError, ModelNotFoundError, require
-from ..features import Window, WindowFeatures, make_windows, plan_rows, window_spans
+from ..features import Window, WindowFeatures, plan_rows
 from ..hardware import usable_cores
+from .base import WindowedModel
 
 __all__ = [
     "EXPORT_FORMAT",
@@ -316,7 +317,7 @@ def _quiet_export() -> Any:
 # --------------------------------------------------------------------------------------------
 # The runtime model (onnxruntime + tokenizers + numpy)
 # --------------------------------------------------------------------------------------------
-class OnnxActivationModel:
+class OnnxActivationModel(WindowedModel):
     """:class:`~alknet_firewall.model.base.ActivationModel` on ONNX Runtime, without torch.
 
     One session serves every pool worker (concurrent ``run`` calls are safe in ONNX Runtime);
@@ -403,24 +404,7 @@ class OnnxActivationModel:
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
         return [len(x) for x in self.tokenize(texts)]
 
-    def windows(self, token_ids: Sequence[Sequence[int]]) -> list[Window]:
-        return make_windows(token_ids, self.settings.max_tokens, self.settings.window_overlap)
-
     # -- forward -------------------------------------------------------------------------------
-    def encode(self, texts: list[str]) -> dict[int, np.ndarray]:
-        return self.encode_windows(texts).per_text(self.pooling)
-
-    def encode_windows(self, texts: list[str]) -> WindowFeatures:
-        if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
-            raise TypeError("encode expects a list of str")
-        return self.encode_token_windows(self.windows(self.tokenize(texts)), len(texts))
-
-    def spans(self, n: int) -> list[tuple[int, int]]:
-        """Span rows inside a window of ``n`` content tokens (mean pooling only)."""
-        if self.pooling != "mean":
-            return []
-        return window_spans(n, self.settings.sub_window, self.settings.sub_window_stride)
-
     def encode_token_windows(self, wins: list[Window], n_texts: int) -> WindowFeatures:
         edge = self.settings.edge_window if self.pooling == "mean" else 0
         plan = plan_rows(wins, self.spans, edge)

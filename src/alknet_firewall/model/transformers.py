@@ -18,8 +18,9 @@ import numpy as np
 from .. import constants
 from ..config import ModelSettings
 from ..errors import ConfigurationError, ModelError, require
-from ..features import Window, WindowFeatures, make_windows, plan_rows, window_spans
+from ..features import Window, WindowFeatures, plan_rows
 from ..hardware import DtypeChoice, choose_dtype
+from .base import WindowedModel
 from .buckets import CudaGraphs, padded_shape, seq_buckets
 from .sources import ModelLocation, quiet_transformers
 
@@ -31,7 +32,7 @@ __all__ = ["TransformersActivationModel"]
 log = logging.getLogger(__name__)
 
 
-class TransformersActivationModel:
+class TransformersActivationModel(WindowedModel):
     """A Hugging Face model truncated after its deepest requested layer (no head; no final norm
     unless the last layer is requested)."""
 
@@ -130,24 +131,7 @@ class TransformersActivationModel:
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
         return [len(x) for x in self.tokenize(texts)]
 
-    def windows(self, token_ids: Sequence[Sequence[int]]) -> list[Window]:
-        return make_windows(token_ids, self.max_tokens, self.window_overlap)
-
     # -- forward -------------------------------------------------------------------------------
-    def encode(self, texts: list[str]) -> dict[int, np.ndarray]:
-        return self.encode_windows(texts).per_text(self.pooling)
-
-    def encode_windows(self, texts: list[str]) -> WindowFeatures:
-        if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
-            raise TypeError("encode expects a list of str")
-        return self.encode_token_windows(self.windows(self.tokenize(texts)), len(texts))
-
-    def spans(self, n: int) -> list[tuple[int, int]]:
-        """Span rows inside a window of ``n`` content tokens (mean pooling only)."""
-        if self.pooling != "mean":
-            return []
-        return window_spans(n, self.settings.sub_window, self.settings.sub_window_stride)
-
     def encode_token_windows(self, wins: list[Window], n_texts: int) -> WindowFeatures:
         import torch
 
