@@ -61,13 +61,16 @@ def codebook_path() -> Path:
 
 
 def firewall_settings(**server: Any) -> Any:
-    """Test settings: one worker, no warm-up, policies ``default`` and ``monitor``."""
+    """Test settings: one worker, no warm-up, policies ``default`` and ``monitor``. The screening
+    timeout is 55 s: the largest requests of the suite (3,000 messages and their seams, ~6,000
+    texts) take ~30-40 s on one worker of a 2-core CI machine, and those tests bound the time
+    themselves (60 s)."""
     from alknet_firewall.config import load_settings
 
     return load_settings(
         None,
         detection={"codebook": codebook_path()},
-        pool={"workers": 1, "warmup": False},
+        pool={"workers": 1, "warmup": False, "timeout_s": 55},
         policies={"default": {}, "monitor": {"monitor": True}},
         server=server,
     )
