@@ -98,9 +98,6 @@ class Scorer:
         self._chi2 = chi2
 
     # -- raw statistics ------------------------------------------------------------------------
-    def _concat(self, feats: WindowFeatures) -> np.ndarray:
-        return np.concatenate([feats.features[x] for x in self._layers], axis=1)
-
     def raw_window_statistics(self, feats: WindowFeatures) -> dict[str, np.ndarray]:
         """Per row: each window head's logit on whole-window rows, each span head's logit
         (key ``span.<signal>``) on span rows, ``-inf`` where a head does not apply, and the
@@ -111,13 +108,15 @@ class Scorer:
         out: dict[str, np.ndarray] = {}
         full = feats.full
         if self._names:
-            logits = self._concat(feats).astype(np.float32) @ self._W + self._b
+            # With span heads, window heads read whole windows only (span rows, ~7 a window,
+            # belong to the span heads): compute their logits on those rows alone.
+            rows = full if self._span_names else np.ones(len(full), dtype=bool)
+            logits = np.full((len(full), len(self._names)), -np.inf)
+            if rows.any():
+                x = np.concatenate([feats.features[x][rows] for x in self._layers], axis=1)
+                logits[rows] = x.astype(np.float32) @ self._W + self._b
             for j, name in enumerate(self._names):
-                v = logits[:, j].astype(np.float64)
-                if self._span_names:
-                    # Window heads read whole windows; span rows belong to the span heads.
-                    v[~full] = -np.inf
-                out[name] = v
+                out[name] = logits[:, j]
         if self._span_names:
             span_rows = ~full
             logits = np.full((len(full), len(self._span_names)), -np.inf)
