@@ -23,9 +23,7 @@ from alknet_firewall.errors import CodebookMismatchError
 from tests.integration_helpers import (
     COMPLETION,
     ServerThread,
-    acquire_firewall,
     free_port,
-    release_firewall,
 )
 from tests.scaleout_helpers import (
     TEXTS,
@@ -51,15 +49,6 @@ def server() -> Iterator[ModelServerProcess]:
         yield srv
     finally:
         srv.stop()
-
-
-@pytest.fixture(scope="module")
-def local() -> Iterator[Any]:
-    fw = acquire_firewall()
-    try:
-        yield fw
-    finally:
-        release_firewall()
 
 
 def _remote(url: str, **extra: Any) -> Any:

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from alknet_firewall.errors import OverloadError
-from tests.integration_helpers import acquire_firewall, codebook_path, free_port, release_firewall
+from tests.integration_helpers import codebook_path, free_port
 from tests.scaleout_helpers import (
     SCORE_TOLERANCE,
     TEXTS,
@@ -71,15 +71,6 @@ def deployment(cluster: None) -> Iterator[str]:
             pass
         time.sleep(0.5)
     yield url
-
-
-@pytest.fixture(scope="module")
-def local() -> Iterator[Any]:
-    fw = acquire_firewall()
-    try:
-        yield fw
-    finally:
-        release_firewall()
 
 
 def test_serve_deployment_gives_local_verdicts(deployment: str, local: Any) -> None:

@@ -1,0 +1,20 @@
+"""Fixtures shared by the integration tests."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.integration_helpers import acquire_firewall, release_firewall
+
+
+@pytest.fixture(scope="module")
+def local() -> Iterator[Any]:
+    """The session's shared real firewall (local backend), for comparing other backends."""
+    fw = acquire_firewall()
+    try:
+        yield fw
+    finally:
+        release_firewall()
