@@ -317,11 +317,14 @@ class PolicySettings(_Strict):
         "that lifted leave-family-out detection (the default codebook: injection, jailbreak, "
         "harmful; `anomaly` annotates, docs/adr/0007-detection-v2.md).",
     )
-    languages: Literal["demote", "score"] = Field(
-        "demote",
-        description="Texts not in English (the model reads English best, the codebook is "
-        "fitted on English): `demote` lowers their level one step (critical → warning → notice "
-        "→ clear) and notes `unsupported_language:<code>`; `score` treats them like English.",
+    languages: Literal["calibrate", "demote", "score"] = Field(
+        "calibrate",
+        description="Texts not in English (the model reads English best): `calibrate` scores a "
+        "text of a language group the codebook calibrated (Latin-script European languages, "
+        "Chinese/Japanese) against that group's benign texts too, and stops texts of a language "
+        "it has no calibration texts for at `notice`, noted `unsupported_language:<code>` "
+        "(docs/adr/0008-detection-v3.md); `demote` lowers every non-English text one level (the "
+        "v2 rule); `score` treats them like English.",
     )
     actions: dict[Level, Action] = Field(
         default_factory=lambda: {
