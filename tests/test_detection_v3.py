@@ -189,3 +189,17 @@ def test_many_benign_items_do_not_add_up_to_an_alarm(fake_codebook: Any) -> None
         )
     assert v.action == "allow"
     assert hidden.action == "block" and hidden.message_index == 20
+
+
+def test_strict_and_quiet_presets_need_no_configuration(fake_codebook: Any) -> None:
+    from alknet_firewall.errors import UnknownPolicyError
+
+    with _firewall(fake_codebook) as fw:
+        strict = fw.screen("ATTACK now", policy="strict")  # warning: strict blocks it
+        quiet = fw.screen("ATTACK now", policy="quiet")  # warning: quiet lets it pass
+        loud = fw.screen(attack_text(3), policy="quiet")  # critical: quiet still blocks
+        assert fw.screen("ATTACK now", policy="monitor").action == "flag"
+        with pytest.raises(UnknownPolicyError, match="presets"):
+            fw.screen("hello", policy="team-a")
+    assert strict.level == quiet.level == "warning"
+    assert (strict.action, quiet.action, loud.action) == ("block", "allow", "block")

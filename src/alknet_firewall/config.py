@@ -38,6 +38,7 @@ from .errors import ConfigurationError, UnknownPolicyError
 
 __all__ = [
     "LEVELS",
+    "PRESET_POLICIES",
     "SIGNALS",
     "Action",
     "DetectionSettings",
@@ -371,6 +372,19 @@ class PolicySettings(_Strict):
         return v
 
 
+#: Named operating points that need no configuration (``Settings.policy``): the default's
+#: levels mapped to stricter or quieter actions.
+PRESET_POLICIES: dict[str, PolicySettings] = {
+    "strict": PolicySettings(
+        actions={"clear": "allow", "notice": "flag", "warning": "block", "critical": "block"}
+    ),
+    "quiet": PolicySettings(
+        actions={"clear": "allow", "notice": "allow", "warning": "allow", "critical": "block"}
+    ),
+    "monitor": PolicySettings(monitor=True),
+}
+
+
 class PoolSettings(_Strict):
     """The worker-thread model pool."""
 
@@ -594,7 +608,12 @@ class Settings(_Mergeable, BaseSettings):
     detection: DetectionSettings = Field(DetectionSettings(), description="Codebook and scoring.")
     policies: dict[str, PolicySettings] = Field(
         default_factory=lambda: {"default": PolicySettings()},
-        description="Named policies (per tenant or route); see `PolicySettings`.",
+        description="Named policies (per tenant or route); see `PolicySettings`. Three presets "
+        "exist without configuring them (a configured policy of the same name replaces its "
+        "preset): `strict` (notice → flag, warning and critical → block: about five times the "
+        "benign flags for more recall), `quiet` (only critical acts: it blocks; warning is "
+        "allowed and recorded) and `monitor` (never blocks). Trade-offs measured in "
+        "docs/evaluation.md.",
     )
     default_policy: str = Field("default", description="The policy used when a call names none.")
     pool: PoolSettings = Field(PoolSettings(), description="The worker-thread model pool.")
@@ -635,8 +654,12 @@ class Settings(_Mergeable, BaseSettings):
         try:
             return self.policies[key]
         except KeyError:
+            preset = PRESET_POLICIES.get(key)
+            if preset is not None:
+                return preset
             raise UnknownPolicyError(
-                f"unknown policy {key!r}; configured policies: {sorted(self.policies)}"
+                f"unknown policy {key!r}; configured policies: {sorted(self.policies)}, "
+                f"presets: {sorted(PRESET_POLICIES)}"
             ) from None
 
 
