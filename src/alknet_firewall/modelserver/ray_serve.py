@@ -184,12 +184,9 @@ def start(settings: Settings, *, init: bool = True) -> Any:
 
     r = settings.ray
     if init and not ray.is_initialized():
-        kwargs: dict[str, Any] = {"include_dashboard": False}
-        if r.address:
-            kwargs["address"] = r.address
-        else:
-            kwargs["object_store_memory"] = r.object_store_memory or 512 * 1024 * 1024
-        ray.init(**kwargs)
+        from .ray_init import init_ray
+
+        init_ray(r)
     serve.start(http_options={"host": r.http_host, "port": r.http_port})
     return serve.run(build_app(settings), name=APP_NAME, route_prefix="/")
 
