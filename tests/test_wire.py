@@ -201,9 +201,9 @@ _LIMITS = wire.RequestLimits(max_windows=4, max_tokens=8, vocab_size=100)
         ({"texts": [], "n_texts": 0, "windows": []}, "either"),
         ({"texts": [], "layers": [8, 8]}, "twice"),
         ({"texts": [], "layers": [-1]}, "layers"),
-        ({"texts": [], "identity": {"layers": 5}}, "identity.layers"),
-        ({"texts": [], "identity": {"layers": [True]}}, "identity.layers"),
-        ({"texts": [], "identity": {"name": {"nested": [1]}}}, "identity.name"),
+        ({"texts": [], "identity": {"layers": 5}}, r"identity\.layers"),
+        ({"texts": [], "identity": {"layers": [True]}}, r"identity\.layers"),
+        ({"texts": [], "identity": {"name": {"nested": [1]}}}, r"identity\.name"),
         ({"texts": [], "identity": [1]}, "identity"),
     ],
 )
@@ -247,7 +247,7 @@ def test_the_service_checks_ids_against_the_models_vocabulary() -> None:
     assert service.describe()["limits"]["vocab_size"] == 1000
     with pytest.raises(BadInputError, match="vocabulary"):
         service.parse(b'{"protocol":1,"n_texts":1,"windows":[[0,0,0,[1000]]]}')
-    with pytest.raises(BadInputError, match="identity.layers"):
+    with pytest.raises(BadInputError, match=r"identity\.layers"):
         service.parse(b'{"texts":["x"],"identity":{"layers":5}}')
     with pytest.raises(InputTooLargeError):
         service.parse(json.dumps({"n_texts": 1, "windows": [[0, 0, 0, [1]]] * 9}).encode())
