@@ -14,8 +14,10 @@ neither torch nor Ray. The full description is ``docs/deploy/protocol.md``.
   header length, a JSON header naming each array (dtype, shape), then the raw little-endian
   arrays, each padded to 8 bytes: window metadata (``text_index``, ``window_index``,
   ``token_start``, ``n_tokens``, ``is_sub``) and ``layer.<n>`` float32 ``[rows, feature_size]``.
-- Errors are JSON ``{"error": {"code", "message"}}``: 400 bad request, 409 identity mismatch,
-  413 too large, 429/503 overloaded or not ready (with ``Retry-After``), 500 model failure.
+- Errors are JSON ``{"error": {"code", "message"}}``: 400 bad request (every field is checked
+  by :func:`decode_request` against the server's :class:`RequestLimits`), 401 no valid key,
+  408 body too slow, 409 identity mismatch, 413 too large, 429/503 overloaded or not ready
+  (with ``Retry-After``), 500 model failure (a generic message; the detail is in the log).
 """
 
 from __future__ import annotations
