@@ -14,12 +14,15 @@ import logging
 import threading
 import time
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..config import Settings, coerce_settings
 from ..errors import FirewallClosedError, OverloadError
 from ..model import wire
 from .service import EncodeService, Job, error_reply, serving_model_settings
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..integrations.auth import KeySet
 
 __all__ = [
     "ModelServer",
@@ -295,7 +298,7 @@ def create_model_app(
     )
 
 
-def server_keys(settings: Settings) -> Any:
+def server_keys(settings: Settings) -> KeySet:
     """The :class:`~alknet_firewall.integrations.auth.KeySet` of ``model_server.keys`` plus
     ``model_server.keys_file`` (empty: no key needed)."""
     from ..integrations.auth import key_set
