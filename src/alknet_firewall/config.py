@@ -251,6 +251,11 @@ class ModelSettings(_Strict):
         description="Refuse a model server whose weights digest differs (the codebook's model "
         "name and digest are always checked).",
     )
+    backend_key: str | None = Field(
+        None,
+        description="Key sent to the model server as 'Authorization: Bearer KEY' (one of its "
+        "model_server.keys). Env: ALKNET_FIREWALL_MODEL__BACKEND_KEY.",
+    )
 
     @field_validator("layers")
     @classmethod
@@ -545,6 +550,30 @@ class ModelServerSettings(_Strict):
         4096, ge=1, description="Windows one request may carry (larger: 413)."
     )
     timeout_s: float = Field(30.0, gt=0, description="Server-side limit on one encode call.")
+    max_body_bytes: int | None = Field(
+        None,
+        ge=1024,
+        description="Larger encode bodies get 413 without being read whole; `null`: what "
+        "max_request_windows windows of max_tokens tokens take, plus 64 KiB.",
+        json_schema_extra={"doc_default": "derived (~4.5 MB for 4096 windows of 128 tokens)"},
+    )
+    body_timeout_s: float = Field(
+        30.0, gt=0, description="The whole request body must arrive within this time (408)."
+    )
+    keys: tuple[str, ...] = Field(
+        (),
+        description="Keys clients (model.backend_key) must send as 'Authorization: Bearer "
+        "KEY', or their 'sha256:<hex>' digests; empty: no key needed. Env: "
+        "ALKNET_FIREWALL_MODEL_SERVER__KEYS='[\"k1\"]'.",
+    )
+    keys_file: Path | None = Field(
+        None, description="File with more keys or digests, one per line, '#' comments."
+    )
+    allow_anonymous: bool = Field(
+        False,
+        description="Let 'model serve' bind a non-loopback host without keys: anyone who "
+        "reaches it can use the model.",
+    )
 
 
 class RaySettings(_Strict):
