@@ -87,10 +87,8 @@ def _recording() -> Any | None:
 # --------------------------------------------------------------------------------------------
 # The screening span
 # --------------------------------------------------------------------------------------------
-def _start(firewall: Any) -> Any:
-    codebook = getattr(getattr(firewall, "codebook", None), "id", None)
-    attributes = {_PREFIX + "codebook_id": codebook} if codebook else None
-    return _tracer.start_as_current_span(SCREEN_SPAN, attributes=attributes)
+def _start() -> Any:
+    return _tracer.start_as_current_span(SCREEN_SPAN)
 
 
 def _finish(span: Any, verdict: Any) -> None:
@@ -124,7 +122,7 @@ def traced(fn: F) -> F:
         async def awrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
             if not _enabled(self):
                 return await fn(self, *args, **kwargs)
-            with _start(self) as span:
+            with _start() as span:
                 verdict = await fn(self, *args, **kwargs)
                 _finish(span, verdict)
                 return verdict
@@ -135,7 +133,7 @@ def traced(fn: F) -> F:
     def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
         if not _enabled(self):
             return fn(self, *args, **kwargs)
-        with _start(self) as span:
+        with _start() as span:
             verdict = fn(self, *args, **kwargs)
             _finish(span, verdict)
             return verdict
