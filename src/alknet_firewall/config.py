@@ -52,6 +52,7 @@ __all__ = [
     "ServerSettings",
     "Settings",
     "Signal",
+    "TelemetrySettings",
     "coerce_settings",
     "load_settings",
 ]
@@ -621,6 +622,16 @@ class RaySettings(_Strict):
     scan_batch_size: int = Field(64, ge=1, description="Lines per map_batches batch.")
 
 
+class TelemetrySettings(_Strict):
+    """OpenTelemetry spans (the ``otel`` extra; ``docs/observability.md``)."""
+
+    enabled: bool = Field(
+        True,
+        description="Emit a span per screening when `opentelemetry-api` is installed (spans "
+        "record only once the application sets a tracer provider); `false`: never import it.",
+    )
+
+
 class Settings(_Mergeable, BaseSettings):
     """Everything alknet-firewall can be told. See ``docs/configuration.md``."""
 
@@ -651,6 +662,9 @@ class Settings(_Mergeable, BaseSettings):
         ModelServerSettings(), description="The shared model server (`model serve`)."
     )
     ray: RaySettings = Field(RaySettings(), description="Ray Serve and Ray Data.")
+    telemetry: TelemetrySettings = Field(
+        TelemetrySettings(), description="OpenTelemetry spans per screening."
+    )
     log_text: bool = Field(
         False,
         description="Put message text into logs (off: logs carry hashes and lengths only).",

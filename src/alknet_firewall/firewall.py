@@ -26,7 +26,7 @@ from typing import Any, Literal, overload
 
 from tqdm import tqdm
 
-from . import metrics
+from . import metrics, telemetry
 from .codebook import Codebook, load_codebook
 from .config import LEVELS, Level, ModelSettings, PolicySettings, Settings, coerce_settings
 from .errors import (
@@ -71,11 +71,14 @@ class _Texts(tuple):  # type: ignore[type-arg]
     """A pool job: the texts of one request, and which of them count towards the size limit."""
 
     counts: tuple[bool, ...]
+    #: The screening span and submission time (``telemetry.pending``), or None.
+    trace: Any
 
 
 def _job(todo: list[tuple[int, str, str]], items: list[_Item]) -> tuple[str, ...]:
     job = _Texts(text for _, text, _ in todo)
     job.counts = tuple(not (items[n].part or items[n].seam) for n, _, _ in todo)
+    job.trace = telemetry.pending()  # the screening span, when one records
     return job
 
 
@@ -210,6 +213,7 @@ class Firewall:
     def _score_batch(self, jobs: list[tuple[str, ...]]) -> list[list[Scores] | BaseException]:
         """Score every text of every request in one pass; one result list per request."""
         limit = self.settings.detection.max_input_tokens
+        start_ns, model_ns = time.time_ns(), None  # OpenTelemetry timings (telemetry.py)
         flat = [t for job in jobs for t in job]
         ids = self.model.tokenize(flat)
         out: list[list[Scores] | BaseException] = []
@@ -236,10 +240,14 @@ class Firewall:
         if kept:
             wins = self.model.windows([ids[i] for i in kept])
             feats = self.model.encode_token_windows(wins, len(kept))
+            model_ns = time.time_ns()
             scored = dict(zip(kept, self.scorer.score_features(feats).texts, strict=True))
             for n, idx in enumerate(keep):
                 if idx:
                     out[n] = [scored[i] for i in idx]
+        telemetry.batch_spans(
+            jobs, ids, start_ns=start_ns, model_end_ns=model_ns, end_ns=time.time_ns()
+        )
         return out
 
     # -- screening -----------------------------------------------------------------------------
@@ -318,6 +326,7 @@ class Firewall:
         by itself and its texts share one forward pass."""
         return self.pool.submit(_job(todo, items), **kwargs)
 
+    @telemetry.traced
     def screen(
         self, data: ScreenInput, *, policy: str | None = None, timeout: float | None = None
     ) -> Verdict:
@@ -353,6 +362,7 @@ class Firewall:
         """Async :meth:`screen`: waits without blocking the event loop."""
         return await self._ascreen(data, policy, timeout, batch=False)
 
+    @telemetry.traced
     async def _ascreen(
         self, data: ScreenInput, policy: str | None, timeout: float | None, *, batch: bool
     ) -> Verdict:
@@ -593,6 +603,7 @@ class Firewall:
 
     def _failure(self, exc: BaseException, name: str, pol: PolicySettings, t0: float) -> Verdict:
         code = error_code(exc)
+        telemetry.record_error(exc)
         verdict = Verdict.failed(
             exc,
             name,

@@ -29,6 +29,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMappi
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
+from .. import telemetry
 from ..errors import BadInputError, ConfigurationError, FirewallError, UnknownPolicyError
 from . import openai_errors
 
@@ -511,7 +512,8 @@ class _ScreeningResponder:
         try:
             messages = messages_from_body(data)
             name, source = await self._policy(scope)
-            self.verdict = await fw.ascreen(messages, policy=name)
+            with telemetry.continue_trace(scope.get("headers")):  # the caller's traceparent
+                self.verdict = await fw.ascreen(messages, policy=name)
         except ConfigurationError as exc:
             if isinstance(exc, UnknownPolicyError) and source == "header":
                 # The client chose the policy: its mistake, not the operator's.

@@ -13,6 +13,7 @@ from litellm.types.guardrails import GuardrailEventHooks
 from litellm.types.proxy.guardrails.guardrail_hooks.base import GuardrailConfigModel
 from litellm.types.utils import CallTypes
 
+from ... import telemetry
 from ...config import PolicySettings, Settings
 from ...errors import BadInputError, FirewallClosedError, FirewallError, OverloadError
 from ...firewall import Firewall
@@ -176,7 +177,9 @@ class AlknetFirewallGuardrail(CustomGuardrail):
         may_block = may_block and not self.never_blocks(policy)
         try:
             fw = await self.firewall()
-            verdict = await fw.ascreen(subject, policy=policy)
+            # LiteLLM's "otel" callback passes the request's span: screen under it.
+            with telemetry.under_span(getattr(user_api_key_dict, "parent_otel_span", None)):
+                verdict = await fw.ascreen(subject, policy=policy)
         except (BadInputError, OverloadError, FirewallClosedError) as exc:
             self._record_error(data, exc, policy, source, event_type, t0)
             if not may_block:  # pass, flagged, with the error in the headers
