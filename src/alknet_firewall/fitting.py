@@ -1,5 +1,8 @@
 """Fitting and calibrating codebooks (scikit-learn style); nothing at runtime imports this.
 
+Size (~470 lines): the builder and :func:`calibrate` share the weighting and quantile helpers
+and the calibration-group rule; splitting them would split one procedure across files.
+
 :class:`CodebookBuilder` fits a :class:`~alknet_firewall.codebook.Codebook` from labelled
 window features; :func:`calibrate` fits score distributions and level thresholds on benign
 features alone, which is how users fit *their* normal::
@@ -33,7 +36,7 @@ from .errors import ConfigurationError, CorpusError
 from .features import WindowFeatures
 from .scoring import Context, Scorer, adjust, text_context
 
-__all__ = ["CodebookBuilder", "Labelled", "calibrate"]
+__all__ = ["CodebookBuilder", "Labelled", "calibrate", "contexts_of", "text_tokens"]
 
 log = logging.getLogger(__name__)
 

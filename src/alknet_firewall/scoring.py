@@ -4,7 +4,10 @@ Every signal score lives on one scale: ``score = -log10(p) / 4`` clipped to [0, 
 is the probability that a benign text scores at least this high (from the codebook's spline
 distributions). So 0.5 means "1 in 100 benign texts look this suspicious", 0.75 "1 in 1,000".
 The message score is the maximum over the enabled signals; long texts are scored per window and
-the worst window counts.
+the worst window counts. :func:`adjust` then reads a text in its context (its calibration group:
+short texts, languages; the critical floor for a few tokens) and :func:`request_score` as
+evidence about the whole request — one rule for fitting, evaluation and the firewall
+(``docs/adr/0008-detection-v3.md``).
 """
 
 from __future__ import annotations
