@@ -72,7 +72,9 @@ class CodebookBuilder:
         min_style_texts: int = 30,
         style_rate_factor: Mapping[str, float] | None = None,
         random_state: int = 0,
+        max_span_rows: int = 24,
     ) -> None:
+        self.max_span_rows = max_span_rows
         self.k = k
         self.C = C
         self.span_C = span_C
@@ -208,6 +210,7 @@ class CodebookBuilder:
                     "k": self.k,
                     "C": self.C,
                     "span_C": self.span_C,
+                    "max_span_rows": self.max_span_rows,
                     "weights": "1/sqrt(texts) per benign source and per attack family",
                     "calibration_fraction": self.calibration_fraction,
                     "random_state": self.random_state,
@@ -250,6 +253,7 @@ class CodebookBuilder:
         from sklearn.linear_model import LogisticRegression
 
         use = ~full_rows & (labels >= 0) & ~calib[feats.text_index]
+        use = _evenly_capped(use, feats.text_index * 2 + (labels == 1), self.max_span_rows)
         y = labels[use] == 1
         if y.sum() < 20 or (~y).sum() < 100:
             log.warning("span head: %d attack and %d benign spans; not fitted", y.sum(), (~y).sum())
@@ -456,6 +460,23 @@ def _quantile(scores: np.ndarray, rate: float) -> float:
     """The score that ``rate`` of ``scores`` reach, estimated with at least two of them above
     it (a smaller rate on a small set is just its maximum)."""
     return float(np.quantile(scores, 1.0 - max(rate, 2.0 / len(scores)), method="higher"))
+
+
+def _evenly_capped(mask: np.ndarray, key: np.ndarray, cap: int) -> np.ndarray:
+    """``mask`` with at most ``cap`` rows per ``key`` (evenly spaced, first and last kept): a
+    long document's hundreds of spans weigh no more than before (each text's weight is spread
+    over its rows) and cost a bounded fit."""
+    out = mask.copy()
+    rows = np.flatnonzero(mask)
+    order = np.argsort(key[rows], kind="stable")
+    _, starts, counts = np.unique(key[rows][order], return_index=True, return_counts=True)
+    for a, n in zip(starts[counts > cap], counts[counts > cap], strict=True):
+        group = rows[order[a : a + n]]
+        keep = np.unique(np.linspace(0, n - 1, cap).round().astype(int))
+        drop = np.ones(n, dtype=bool)
+        drop[keep] = False
+        out[group[drop]] = False
+    return out
 
 
 def _balanced(
