@@ -33,6 +33,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "language",
             "features",
             "messages",
+            "request_content",
         ),
     ),
     ("settings", ("config",)),
