@@ -7,10 +7,13 @@ the same table, with an attack as the text, through each integration. No model h
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from alknet_firewall.config import PolicySettings
 from alknet_firewall.errors import BadInputError
@@ -629,3 +632,38 @@ def test_old_middleware_name_is_a_thin_alias() -> None:
 
     body = field_cases(MARK)[6].body
     assert messages_from_body(body) == extract_request(body).messages
+
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=8),
+    lambda c: (
+        st.lists(c, max_size=3)
+        | st.dictionaries(
+            st.sampled_from(["type", "role", "content", "description", "output", "text", "tools"])
+            | st.text(max_size=5),
+            c,
+            max_size=4,
+        )
+    ),
+    max_leaves=12,
+)
+_FIELDS = ["messages", "prompt", "input", "suffix", "instructions", "prediction", "tools"]
+_FIELDS += ["functions", "response_format", "text"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(body=st.dictionaries(st.sampled_from(_FIELDS), _json, max_size=4) | _json)
+def test_property_any_body_gives_messages_or_bad_input(body: Any) -> None:
+    """Whatever the JSON, the extractor answers messages the firewall can read, or a
+    BadInputError (never another exception, which would be a 500)."""
+    try:
+        got = extract_request(body)
+    except BadInputError:
+        return
+    assert len(got.messages) == len(got.fields)
+    for m in got.messages:
+        assert isinstance(m["role"], str)
+        assert m["content"] is None or isinstance(m["content"], (str, list))
+    roles = {m["role"] for m in got.messages}
+    with contextlib.suppress(BadInputError):  # what the firewall does with them next
+        extract_texts(got.messages, sorted(roles), each_part=True)

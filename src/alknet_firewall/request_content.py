@@ -348,6 +348,8 @@ def _input(c: _Collector, inp: Any) -> None:
 
 def _input_item(c: _Collector, item: Mapping[str, Any], at: str) -> None:
     kind = item.get("type")
+    if kind is not None and not isinstance(kind, str):
+        raise BadInputError(f"{at}.type must be a string, not {json_type(kind)}")
     if "role" in item and kind in (None, "message"):
         role = _role(item.get("role"), at)
         content = item.get("content")
@@ -355,7 +357,7 @@ def _input_item(c: _Collector, item: Mapping[str, Any], at: str) -> None:
         c.add(f"{at}.content", role, content, primary=True)
         return
     primary = False
-    for key, role in _ITEM_FIELDS.get(kind, ()) if isinstance(kind, str) else ():
+    for key, role in _ITEM_FIELDS.get(kind or "", ()):
         value = _get_path(item, key)
         content = _text_content(c, value, f"{at}.{key}")
         if content:
