@@ -34,6 +34,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "features",
             "messages",
             "telemetry",
+            "request_content",
         ),
     ),
     ("settings", ("config",)),

@@ -353,8 +353,12 @@ class PolicySettings(_Strict):
         "Retry-After in the integrations); `fail_mode` gives the fail-mode verdict instead.",
     )
     roles: tuple[str, ...] = Field(
-        ("user", "tool", "function"),
-        description="Chat roles whose content is screened; the system prompt is the operator's.",
+        ("user", "tool", "function", "tool_definition"),
+        description="Roles screened (docs/request-fields.md): `user`, `tool` and `function` "
+        "content, and `tool_definition` (tool and function descriptions and their schemas' "
+        "texts). `system` and `developer` (also `instructions`) are the operator's: add them to "
+        "screen them too (e.g. when end users write them); `assistant` screens tool-call "
+        "arguments and other model-written items sent back.",
     )
     monitor: bool = Field(False, description="Monitor only: never block, `block` becomes `flag`.")
 
