@@ -165,6 +165,11 @@ def test_cross_site_browser_requests_are_refused(keyed: Serve, echo: Any) -> Non
         assert r.status_code == 403, (extra, r.status_code, r.text)
         assert r.json()["error"]["code"] == "cross_site_request"
     assert len(echo.recorded) == before
+    # A link followed from another site to the console: a top-level GET navigation.
+    nav = {"sec-fetch-site": "cross-site", "sec-fetch-mode": "navigate"}
+    assert httpx.get(keyed.url + "/console/", headers=nav, timeout=30).status_code == 401
+    r = httpx.post(url, content=_chat(), headers=auth(**nav), timeout=30)
+    assert r.status_code == 403  # a navigation that posts (a form) is still refused
     # Same-origin browser requests and scripts (no Origin) still work.
     same = {"origin": keyed.url, "sec-fetch-site": "same-origin"}
     assert httpx.post(url, content=_chat(), headers=auth(**same), timeout=60).status_code == 200

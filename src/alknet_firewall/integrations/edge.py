@@ -12,7 +12,8 @@
    decoded path alike, so no path can be resolved into another upstream route;
 4. **cross-site browsers**: a request a browser marks as coming from another site
    (``Sec-Fetch-Site: cross-site | same-site``, or an ``Origin`` that is not the gateway's own)
-   gets 403 unless its origin is one of ``server.cors_origins``;
+   gets 403 unless its origin is one of ``server.cors_origins`` (a followed link, a top-level
+   ``GET`` navigation, is not refused: the other site cannot read its answer);
 5. **JSON routes** need a JSON ``Content-Type`` (415): a ``no-cors`` page can only send
    ``text/plain`` or no type at all;
 6. **bodies on every other route**: the same size limit (413) and body timeout (408) as the
@@ -256,7 +257,10 @@ class Edge:
             return False
         site = next(iter(_headers(scope, b"sec-fetch-site")), None)
         if site is not None and site.strip().lower() in ("cross-site", "same-site"):
-            return True
+            # A link followed to the console page is a top-level GET: the other site cannot
+            # read the answer, and the SameSite=Strict cookie is not sent with it.
+            mode = next(iter(_headers(scope, b"sec-fetch-mode")), "").strip().lower()
+            return not (mode == "navigate" and scope.get("method") in ("GET", "HEAD"))
         return origin is not None and not _same_origin(origin, scope)
 
     async def _refuse(
