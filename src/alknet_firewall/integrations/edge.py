@@ -35,7 +35,7 @@ from urllib.parse import unquote, urlsplit
 
 from ..errors import ConfigurationError
 from . import openai_errors
-from .asgi import Body, receive_body, refuse
+from .asgi import Body, _is_json, receive_body, refuse
 
 log = logging.getLogger("alknet_firewall.edge")
 
@@ -170,13 +170,6 @@ def _same_origin(origin: str, scope: Scope) -> bool:
     host = next(iter(_headers(scope, b"host")), "")
     parts = urlsplit(origin)
     return bool(parts.netloc) and parts.netloc.lower() == host.strip().lower()
-
-
-def _is_json(content_type: str | None) -> bool:
-    media = (content_type or "").partition(";")[0].strip().lower()
-    return media == "application/json" or (
-        media.startswith("application/") and media.endswith("+json")
-    )
 
 
 class Edge:

@@ -1,6 +1,6 @@
 """OpenAI-compatible screening gateway: screen first, then forward to the upstream API.
 
-Size (~500 lines): the app factory with its routes, upstream forwarding (streaming included),
+Size (~540 lines): the app factory with its routes, upstream forwarding (streaming included),
 health/metrics and the ``serve`` command; auth, error bodies and serving live in their own
 modules already.
 
@@ -362,6 +362,13 @@ def create_app(
         )
     ]
     discard = server.discard_body_bytes
+    hosts = default_allowed_hosts(server.host, server.allowed_hosts)
+    if hosts is None and server.allowed_hosts is None:
+        log.warning(
+            "bound to %s with no server.allowed_hosts: every Host name is answered; list the "
+            "gateway's own names there (DNS rebinding)",
+            server.host,
+        )
     if server.cors_origins:
         from starlette.middleware.cors import CORSMiddleware
 
@@ -379,7 +386,7 @@ def create_app(
         0,
         Middleware(
             Edge,  # type: ignore[arg-type]
-            allowed_hosts=default_allowed_hosts(server.host, server.allowed_hosts),
+            allowed_hosts=hosts,
             cors_origins=server.cors_origins,
             trusted_proxies=server.trusted_proxies,
             json_paths=["/v1" + s for s in SCREENED],
