@@ -469,7 +469,8 @@ class ServerSettings(_Strict):
     admin_keys: tuple[str, ...] = Field(
         (),
         description="Keys (or digests) for operator pages mounted on the gateway (the "
-        "console); empty: the client keys.",
+        "console); client keys never open it. Empty: loopback clients only, and only when no "
+        "client keys are configured either (otherwise the console is closed).",
     )
     allow_anonymous: bool = Field(
         False,
@@ -511,6 +512,22 @@ class ServerSettings(_Strict):
         10.0,
         ge=0,
         description="On SIGTERM/SIGINT, in-flight requests get this long to finish; new ones 503.",
+    )
+    allowed_hosts: tuple[str, ...] | None = Field(
+        None,
+        description="Host header names the gateway answers (any port; '*': all); others get "
+        "421 (DNS rebinding). None: 127.0.0.1, localhost and [::1] when bound to loopback, "
+        "all names otherwise.",
+    )
+    cors_origins: tuple[str, ...] = Field(
+        (),
+        description="Origins (e.g. 'https://app.example.com') whose browser pages may call the "
+        "gateway (CORS); requests a browser marks as coming from any other site get 403.",
+    )
+    trusted_proxies: tuple[str, ...] = Field(
+        (),
+        description="IPs or CIDRs of reverse proxies in front of the gateway: only from them is "
+        "X-Forwarded-For believed (the client is its right-most untrusted address).",
     )
 
 

@@ -12,8 +12,9 @@ only correct together with the others, as in Starlette's own middleware modules.
 
 On the configured paths, a ``POST`` with a JSON body is read whole, screened, and then either
 replayed byte for byte to the app (with the verdict in ``scope["state"]`` and
-``x-alknet-firewall-*`` response headers) or answered with an OpenAI-style error. Everything
-else (other paths and methods, non-JSON bodies, websockets, lifespan) passes straight through.
+``x-alknet-firewall-*`` response headers) or answered with an OpenAI-style error; a non-JSON
+body there is refused (415) unless ``on_non_json="pass"``. Everything else (other paths and
+methods, websockets, lifespan) passes straight through.
 Responses are never buffered: streaming endpoints keep streaming.
 
 No web framework is imported: the middleware speaks raw ASGI.
@@ -105,8 +106,10 @@ class FirewallMiddleware:
     :param block_status: status of a blocked request (4xx).
     :param max_body_bytes: larger bodies are refused with 413 without reading further.
     :param on_invalid_json: ``reject`` (400) or ``pass`` (to the app, unscreened).
-    :param on_non_json: a non-JSON ``Content-Type`` on a screened path: ``pass`` (to the app,
-        unscreened) or ``reject`` (415) for apps that would parse it as JSON anyway.
+    :param on_non_json: a non-JSON ``Content-Type`` on a screened path: ``reject`` (415, the
+        default: apps and frameworks parse such a body as JSON anyway, so passing it would
+        forward an attack unscreened) or ``pass`` (to the app, unscreened: only for an app
+        that really serves other types there and screens them itself).
     :param discard_bytes: a refused body (too large, wrong type) is read and thrown away up to
         this many bytes in all before the error is sent (default ``4 * max_body_bytes``); a
         longer one is answered at that point and its connection closed.
@@ -126,7 +129,7 @@ class FirewallMiddleware:
         block_status: int = 400,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
         on_invalid_json: Literal["reject", "pass"] = "reject",
-        on_non_json: Literal["pass", "reject"] = "pass",
+        on_non_json: Literal["pass", "reject"] = "reject",
         discard_bytes: int | None = None,
         body_timeout_s: float | None = None,
     ) -> None:

@@ -142,12 +142,10 @@ def client_keys(server: ServerSettings) -> KeySet:
 
 
 def admin_keys(server: ServerSettings) -> KeySet:
-    """Keys for operator pages (the console): ``server.admin_keys`` when set, else the client
-    keys. Empty when neither is configured: the caller decides whether that means loopback
-    only or refusing to start."""
-    if server.admin_keys:
-        return KeySet(server.admin_keys, source="server.admin_keys")
-    return client_keys(server)
+    """Keys for operator pages (the console): ``server.admin_keys`` only. A client key is
+    never an admin key. Empty when none are configured: the caller decides whether that means
+    loopback only, closed, or refusing to start."""
+    return KeySet(server.admin_keys, source="server.admin_keys")
 
 
 async def authorize(
