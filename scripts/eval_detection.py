@@ -110,7 +110,7 @@ def fold_masks(texts: list[TrainingText], held: set[str]) -> tuple[np.ndarray, n
     excluded |= held_pairs
 
     def is_test(t: TrainingText) -> bool:
-        if not (t.family in held or t.source in held) or t.aug not in (None, "filler"):
+        if not (t.family in held or t.source in held) or t.aug not in (None, "filler", "bipia"):
             return False
         if t.source == "injecagent":
             return bool(instr & set(t.origins))

@@ -93,3 +93,15 @@ def test_bad_corpus_line_names_file_and_line(tmp_path: Path) -> None:
         read_corpus(tmp_path)
     with pytest.raises(BadInputError, match="no corpus"):
         read_corpus(tmp_path / "empty")
+
+
+def test_planted_instructions_carry_their_span(texts) -> None:
+    # BIPIA's instructions are attacks only inside data: never a bare question labelled attack.
+    assert not [t for t in texts if t.source == "bipia" and t.label == 1 and t.aug != "bipia"]
+    planted = [t for t in texts if t.aug == "bipia"]
+    assert planted and all(t.span is not None and t.family.startswith("bipia:") for t in planted)
+    assert all(t.span[1] - t.span[0] < len(t.text) for t in planted)  # data around it
+    # AgentDojo: the injection is where an injected carrier differs from its default twin.
+    injected = [t for t in texts if t.source == "agentdojo" and t.label == 1]
+    assert injected and all(t.span is not None for t in injected)
+    assert all(0 < t.span[1] - t.span[0] < len(t.text) for t in injected)

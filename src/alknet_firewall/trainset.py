@@ -262,6 +262,7 @@ def training_set(
     caps = augment_caps or {
         "filler": 300,
         "embedded": 300,
+        "bipia": 250,
         "fragment": 300,
         "concat": 100,
         "short_variant": 300,
@@ -329,10 +330,37 @@ def training_set(
             a, b = rng.sample(docs, 2)
             t = _benign(a.text.rstrip() + "\n\n" + b.text, "aug_concat", a.source, "concat", a)
             aug["concat"].append(replace(t, origins=(a.source, b.source)))
-    # Stratified selection of the corpus itself.
+    # 6. BIPIA's attacker instructions are attacks only inside the data they are planted in
+    #    ("What is the capital of Brazil?" alone is a benign question): each is planted in a
+    #    BIPIA context of its kind (code in code, text in e-mails and tables), span-labelled.
+    contexts: dict[str, list[CorpusRow]] = {}
+    for r in benign:
+        if r.source == "bipia" and r.meta.get("part") == "context":
+            contexts.setdefault("code" if r.meta.get("task") == "code" else "text", []).append(r)
+    for r in rows:
+        if r.source != "bipia" or r.label != 1:
+            continue
+        pool = contexts.get(str(r.meta.get("attack_type")), [])
+        if not pool:
+            continue
+        d = rng.choice(pool)
+        cuts = [i + 1 for i, c in enumerate(d.text) if c == "\n"] or [len(d.text)]
+        cut = rng.choice([*cuts, len(d.text)])
+        pre, post = d.text[:cut], d.text[cut:]
+        text = pre + ("" if pre.endswith("\n") or not pre else "\n") + r.text + "\n" + post
+        t = _attack(text, r.text, r, origins=(*_origins(r), *_origins(d)))
+        aug["bipia"].append(replace(t, source="bipia", family=_family(r), aug="bipia"))
+    # Stratified selection of the corpus itself (BIPIA's bare instructions only planted, 6.).
     by_source: dict[str, list[CorpusRow]] = {}
     for r in rows:
+        if r.source == "bipia" and r.label == 1:
+            continue
         by_source.setdefault(r.source, []).append(r)
+    carriers = {
+        r.meta["pair_id"]: r.text
+        for r in rows
+        if r.source == "agentdojo" and r.meta.get("subset") == "carrier_default"
+    }
     out: list[TrainingText] = []
     for src, rs in sorted(by_source.items()):
         cap = SOURCE_CAPS.get(
@@ -343,14 +371,14 @@ def training_set(
         )
         if len(rs) > cap:
             rs = random.Random(seed + 1).sample(rs, cap)
-        out.extend(_corpus_text(r) for r in rs)
+        out.extend(_corpus_text(r, carriers) for r in rs)
     for name in caps:
         xs = aug.get(name, [])
         out.extend(random.Random(seed + 2).sample(xs, min(caps.get(name, 0), len(xs))))
     return out
 
 
-def _corpus_text(r: CorpusRow) -> TrainingText:
+def _corpus_text(r: CorpusRow, carriers: dict[Any, str] | None = None) -> TrainingText:
     text = normalize(r.text)
     span = None
     injected = r.meta.get("injected_text") if r.source == "injecagent" else None
@@ -359,6 +387,11 @@ def _corpus_text(r: CorpusRow) -> TrainingText:
         i = text.find(k)
         if i >= 0:
             span = (i, i + len(k))
+    default = (carriers or {}).get(r.meta.get("pair_id")) if r.label == 1 else None
+    if default is not None:
+        # An AgentDojo carrier with its injection against the same carrier without: the
+        # injected instruction is where the two differ.
+        span = _difference(normalize(default), text)
     return TrainingText(
         text=text,
         label=r.label,
@@ -406,6 +439,19 @@ def _attack(
         aug="embedded",
         origins=origins,
     )
+
+
+def _difference(base: str, changed: str) -> tuple[int, int] | None:
+    """The character span of ``changed`` that is not in ``base`` (common prefix and suffix
+    removed), or None when the two hardly differ."""
+    n = min(len(base), len(changed))
+    a = 0
+    while a < n and base[a] == changed[a]:
+        a += 1
+    b = 0
+    while b < n - a and base[-1 - b] == changed[-1 - b]:
+        b += 1
+    return (a, len(changed) - b) if len(changed) - b - a >= 16 else None
 
 
 #: Kinds whose whole text is an instruction to the assistant (every span of it is evidence).
