@@ -52,6 +52,7 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = [
     "BLOCKED_CODE",
     "INVALID_REQUEST",
+    "PERMANENT_CODES",
     "RATE_LIMIT",
     "SERVER_ERROR",
     "ASGISend",
@@ -59,6 +60,7 @@ __all__ = [
     "blocked",
     "body_too_large",
     "error_body",
+    "firewall_not_configured",
     "firewall_unavailable",
     "from_exception",
     "invalid_json",
@@ -142,6 +144,19 @@ def error_body(
     return {"error": err}
 
 
+#: Verdict error codes that retrying cannot fix (an installation or configuration problem):
+#: their 503 says what is wrong and carries no Retry-After.
+PERMANENT_CODES = frozenset(
+    {
+        "model_not_found",
+        "dependency_missing",
+        "codebook_error",
+        "codebook_mismatch",
+        "configuration_error",
+    }
+)
+
+
 def _type_for(status: int) -> str:
     if status == 429:
         return RATE_LIMIT
@@ -159,11 +174,19 @@ def blocked(verdict: Verdict, status: int = 400) -> ErrorReply:
     fault: it answers 503 so that clients retry, with the verdict's error code.
     """
     if verdict.error_code:
+        permanent = verdict.error_code in PERMANENT_CODES
         msg = (
             f"Request not forwarded: screening failed ({verdict.error_code}) and the "
-            f"policy {verdict.policy!r} fails closed. Retry later."
+            f"policy {verdict.policy!r} fails closed. "
+            + (
+                f"Retrying cannot help until the firewall's operator fixes this: {verdict.error}"
+                if permanent
+                else "Retry later."
+            )
         )
         body = error_body(msg, type=SERVER_ERROR, code=verdict.error_code, verdict=verdict)
+        if permanent:
+            return ErrorReply(503, body, _verdict_headers(verdict))
         if verdict.error_code == "internal_error":
             # An unexpected exception's text (paths, device errors, library internals) stays in
             # the server's hands, as in from_exception(); the client gets the code only.
@@ -246,6 +269,18 @@ def firewall_unavailable() -> ErrorReply:
         code="firewall_unavailable",
     )
     return ErrorReply(503, body, {"retry-after": "1"})
+
+
+def firewall_not_configured() -> ErrorReply:
+    """500: the middleware has no firewall to screen with (a set-up mistake; no retry helps)."""
+    body = error_body(
+        "The firewall is not configured; the request was not forwarded. The application must "
+        "pass FirewallMiddleware(firewall=Firewall.from_config()) or put the firewall in its "
+        "lifespan state under 'alknet_firewall'.",
+        type=SERVER_ERROR,
+        code="firewall_not_configured",
+    )
+    return ErrorReply(500, body)
 
 
 def upstream_unreachable(detail: str) -> ErrorReply:
