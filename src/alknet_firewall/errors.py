@@ -151,8 +151,8 @@ def install_hint(extra: str) -> str:
     """The pip command that installs ``alknet-firewall[extra]`` (with the pinned torch)."""
     if extra == "torch":
         return (
-            f"python -m pip install 'alknet-firewall[torch]' {TORCH_PIN} "
-            f"(Linux, CPU only: add --extra-index-url {TORCH_CPU_INDEX})"
+            f"python -m pip install 'alknet-firewall[torch]' {TORCH_PIN} (Linux without a GPU: "
+            f"first python -m pip install {TORCH_PIN} --index-url {TORCH_CPU_INDEX})"
         )
     return f"python -m pip install 'alknet-firewall[{extra}]'"
 

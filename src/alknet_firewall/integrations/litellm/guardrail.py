@@ -103,7 +103,11 @@ class AlknetFirewallGuardrail(CustomGuardrail):
         self._settings: Settings | None = None
         # Fail fast at proxy start-up on invalid settings, a missing model package, backend or
         # codebook (no model is loaded here): a proxy that cannot screen must not start.
-        check_screening(self.settings())
+        try:
+            check_screening(self.settings())
+        except FirewallError as exc:
+            log.error("alknet-firewall cannot screen; the proxy must not start: %s", exc)
+            raise
 
     @classmethod
     def get_supported_event_hooks(cls) -> list[GuardrailEventHooks]:
