@@ -71,6 +71,23 @@ def test_docs_quote_the_shipped_codebook_id() -> None:
     assert not wrong, f"docs quote codebook ids other than the shipped {shipped}: {wrong}"
 
 
+GITHUB = "https://github.com/alknet/alknet-firewall/"
+RAW = "https://raw.githubusercontent.com/alknet/alknet-firewall/main/"
+
+
+def test_readme_links_work_outside_the_repository() -> None:
+    """README.md is the package's PyPI page: every link is absolute, and every link into this
+    repository names a file or folder that exists."""
+    links = re.findall(r"\]\(([^)\s]+)\)", README.read_text())
+    assert links
+    relative = [u for u in links if not u.startswith(("https://", "http://", "#"))]
+    assert not relative, f"relative links break on PyPI: {relative}"
+    for url in links:
+        for prefix in (GITHUB + "blob/main/", GITHUB + "tree/main/", RAW):
+            if url.startswith(prefix):
+                assert (REPO / url.removeprefix(prefix)).exists(), url
+
+
 _HARNESS = """
 import json, sys
 from pathlib import Path
