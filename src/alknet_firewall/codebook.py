@@ -411,9 +411,8 @@ def _from_tensors(t: dict[str, np.ndarray], meta: dict[str, Any]) -> Codebook:
             knots=t[f"span.{name}.knots"],
         )
         span_layer = int(meta.get("span_layer", max(layers)))
-        if (
-            span_layer not in stats
-            or span_heads[name].weight.shape[0] != (stats[span_layer].mean.shape[0])
+        if span_layer not in stats or span_heads[name].weight.shape[0] != (
+            stats[span_layer].mean.shape[0]
         ):
             raise ValueError(f"span head {name} does not match layer {span_layer}")
     return Codebook(
