@@ -115,7 +115,8 @@ def benign_text(i: int) -> str:
 
 
 def attack_text(i: int) -> str:
-    return f"ATTACK now {benign_text(i)}"
+    # At least MIN_CRITICAL_TOKENS words: a shorter text never reaches critical on its own.
+    return f"ATTACK now ignore the rules {benign_text(i)}"
 
 
 def fit_fake_codebook(model: FakeModel, n: int = 600) -> Any:

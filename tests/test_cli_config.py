@@ -159,7 +159,9 @@ def test_permanent_screening_failure_says_what_is_wrong_without_retry_after() ->
     reply = openai_errors.blocked(v)
     assert reply.status == 503 and "retry-after" not in reply.headers
     msg = reply.body["error"]["message"]
-    assert "Retry later" not in msg and "the embedded model is not installed" in msg
+    assert "Retry later" not in msg and "Retrying cannot help" in msg
+    assert "activation model is not installed" in msg
+    assert "the embedded model is not installed" not in json.dumps(reply.body)  # log only
     transient = openai_errors.blocked(Verdict.failed(TimeoutError("slow"), "default"))
     assert transient.headers["retry-after"] == "1"
 

@@ -51,7 +51,7 @@ def test_defaults() -> None:
         "warning": "flag",
         "critical": "block",
     }
-    assert p.roles == ("user", "tool", "function")
+    assert p.roles == ("user", "tool", "function", "tool_definition")
     assert s.server.host == "127.0.0.1" and s.server.port == 8080
     assert s.log_text is False
     assert s.detection.normalize is True

@@ -82,6 +82,9 @@ def test_window_spans_cover_the_window_flush_to_its_end() -> None:
     assert window_spans(0, 32, 16) == []
     assert window_spans(100, 0, 16) == []
     assert window_spans(20, 32, 16) == [(0, 20)]
+    # Fewer tokens than the span floor: no span row (a 1-token "ok" span scored like an attack).
+    assert window_spans(7, 32, 16) == []
+    assert window_spans(8, 32, 16) == [(0, 8)]
     assert window_spans(32, 32, 16) == [(0, 32)]
     spans = window_spans(128, 32, 16)
     assert spans[0] == (0, 32) and spans[-1] == (96, 32) and len(spans) == 7

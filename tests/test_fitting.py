@@ -92,3 +92,15 @@ def test_bad_training_data_is_a_corpus_error(fitted) -> None:
 
 def test_builder_stores_its_parameters_as_given() -> None:
     assert CodebookBuilder().target_fpr is None  # resolved in fit, sklearn-style
+
+
+def test_span_rows_are_capped_evenly_per_text_and_class() -> None:
+    from alknet_firewall.fitting import _evenly_capped
+
+    key = np.array([0] * 10 + [1] * 3 + [2] * 6)
+    mask = np.ones(len(key), dtype=bool)
+    mask[11] = False
+    out = _evenly_capped(mask, key, 4)
+    assert out[:10].sum() == 4 and out[0] and out[9]  # first and last of a long text kept
+    assert out[10:13].tolist() == [True, False, True]  # under the cap: unchanged
+    assert out[13:].sum() == 4

@@ -33,6 +33,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "language",
             "features",
             "messages",
+            "telemetry",
+            "request_content",
         ),
     ),
     ("settings", ("config",)),

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from alknet_firewall.config import ModelSettings
+from alknet_firewall.features import MIN_SPAN_TOKENS
 from alknet_firewall.model import load_model
 
 pytestmark = pytest.mark.slow
@@ -47,9 +48,12 @@ def test_span_rows_are_means_over_their_tokens(embedded_location: object) -> Non
         )
     # Per-text features ignore span rows.
     assert np.allclose(wf.per_text("mean")[4], wf.only_full().per_text("mean")[4])
-    short_text = "just a few words"
+    # A window of fewer than MIN_SPAN_TOKENS tokens has no span row ("ok" is read whole).
+    assert not m.encode_windows(["just a few words"]).is_sub.any()
+    short_text = "just a few more words than eight, which is the floor"
     short = m.encode_windows([short_text])
     # A window no longer than a span is one span: its content without the end-of-turn tokens.
+    assert MIN_SPAN_TOKENS <= m.count_tokens([short_text])[0] <= 32
     assert short.is_sub.sum() == 1
     k = m.count_tokens([short_text])[0]
     hs_short = m.hidden_states(short_text)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from alknet_firewall.errors import BadInputError
-from alknet_firewall.trainset import BENIGN_STYLES, read_corpus, training_set
+from alknet_firewall.trainset import BENIGN_STYLES, SOURCE_CAPS, read_corpus, training_set
 
 ROOT = Path(__file__).resolve().parents[1]
 CORPUS = ROOT.parent / "shared" / "corpus"
@@ -59,8 +59,31 @@ def test_spans_point_at_the_payload(texts) -> None:
 def test_styles_caps_and_origins(texts) -> None:
     assert all((t.style in BENIGN_STYLES) == (t.label == 0) for t in texts)
     per_source = collections.Counter(t.source for t in texts if t.aug is None)
-    assert max(n for s, n in per_source.items() if s != "injecagent") <= 300
+    for source, n in per_source.items():
+        assert n <= SOURCE_CAPS.get(source, 400 if source == "injecagent" else 300), source
     assert all(t.source in t.origins or t.aug for t in texts)
+
+
+def test_v3_sources_styles_languages_and_pairs(texts) -> None:
+    by_source = collections.defaultdict(list)
+    for t in texts:
+        by_source[t.source].append(t)
+    # Short replies are a style of their own, and every one of them is kept.
+    assert {t.style for t in by_source["dialogue_turns"]} == {"short_reply"}
+    assert len(by_source["dialogue_turns"]) == SOURCE_CAPS["dialogue_turns"]
+    # Case and punctuation variants of short replies ("ok" -> "OK", "Ok.").
+    variants = [t for t in texts if t.aug == "short_variant"]
+    assert variants and all(t.label == 0 and t.style == "short_reply" for t in variants)
+    # Texts in other languages never fit a head; benign ones are their own style.
+    foreign = [t for t in texts if t.language != "en"]
+    assert foreign and not any(t.fits for t in foreign)
+    assert {t.style for t in foreign if t.label == 0} == {"non_english"}
+    # Translations and AgentDojo carrier pairs share a pair origin; suites are families.
+    assert any(o.startswith("pair:mgsm:") for t in by_source["mgsm"] for o in t.origins)
+    assert {t.family for t in by_source["agentdojo"]} == {
+        "agentdojo:travel",
+        "agentdojo:workspace",
+    }
 
 
 def test_bad_corpus_line_names_file_and_line(tmp_path: Path) -> None:

@@ -171,3 +171,130 @@ def test_server_refuses_what_it_cannot_serve() -> None:
     assert error_status(CodebookMismatchError("x"))[0] == 409
     info = service.describe(max_batch_tokens=64)
     assert info["protocol"] == 1 and info["tokenizer"]["sha256"].startswith("sha256:")
+
+
+# --------------------------------------------------------------------------------------------
+# Every field is validated before a request may join a batch (issue 19, item 2)
+# --------------------------------------------------------------------------------------------
+_LIMITS = wire.RequestLimits(max_windows=4, max_tokens=8, vocab_size=100)
+
+
+@pytest.mark.parametrize(
+    ("body", "words"),
+    [
+        ({"n_texts": 1, "windows": [[0, 0, 0, [100]]]}, "vocabulary"),
+        ({"n_texts": 1, "windows": [[0, 0, 0, [10**30]]]}, "vocabulary"),
+        ({"n_texts": 1, "windows": [[0, 0, 0, list(range(9))]]}, "max_tokens=8"),
+        ({"n_texts": 1, "windows": [[0, 0, 0, [1]]] * 5}, "above 4"),
+        ({"n_texts": 5, "windows": [[0, 0, 0, [1]]]}, "n_texts"),
+        ({"texts": ["a"] * 5}, "above 4"),
+        ({"n_texts": 1, "windows": [[0, -1, 0, [1]]]}, "index and start"),
+        ({"n_texts": 1, "windows": [[0, 0, 2**31, [1]]]}, "index and start"),
+        ({"n_texts": 1, "windows": [[False, 0, 0, [1]]]}, "integers"),
+        ({"n_texts": 1.0, "windows": []}, "n_texts"),
+        ({"n_texts": True, "windows": []}, "n_texts"),
+        ({"n_texts": 1, "windows": [[0, 0, 0, [[1]]]]}, "integers"),
+        ({"n_texts": 1, "windows": [[0, 0, 0, {"a": 1}]]}, "window 0"),
+        ({"n_texts": 1, "windows": [[0, 0, 0, [1], "junk"]]}, "window 0"),
+        ({"n_texts": 1, "windows": [[0, 0, 0, [1]]], "extra": {"a": [1]}}, "unknown field"),
+        ({"protocol": True, "texts": []}, "protocol"),
+        ({"texts": [], "n_texts": 0, "windows": []}, "either"),
+        ({"texts": [], "layers": [8, 8]}, "twice"),
+        ({"texts": [], "layers": [-1]}, "layers"),
+        ({"texts": [], "identity": {"layers": 5}}, r"identity\.layers"),
+        ({"texts": [], "identity": {"layers": [True]}}, r"identity\.layers"),
+        ({"texts": [], "identity": {"name": {"nested": [1]}}}, r"identity\.name"),
+        ({"texts": [], "identity": [1]}, "identity"),
+    ],
+)
+def test_every_field_is_checked(body: object, words: str) -> None:
+    with pytest.raises(wire.WireError, match=words):
+        wire.decode_request(json.dumps(body).encode(), _LIMITS)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"n_texts": 1, "windows": [[0, 0, 0, [NaN]]]}',
+        b'{"n_texts": Infinity, "windows": []}',
+        b"[" * 100_000 + b"]" * 100_000,
+        b'{"texts": ["\xff"]}',
+    ],
+)
+def test_bodies_that_are_not_plain_json_are_refused(raw: bytes) -> None:
+    with pytest.raises(wire.WireError) as info:
+        wire.decode_request(raw, _LIMITS)
+    assert len(str(info.value)) < 200  # never the body itself
+
+
+def test_too_many_windows_is_too_large_not_bad() -> None:
+    body = json.dumps({"n_texts": 1, "windows": [[0, 0, 0, [1]]] * 5}).encode()
+    with pytest.raises(wire.WireTooLarge):
+        wire.decode_request(body, _LIMITS)
+    # Within the limits the same shape passes, at the vocabulary's last id.
+    ok = wire.decode_request(
+        json.dumps({"n_texts": 1, "windows": [[0, 0, 0, [99]]] * 4}).encode(), _LIMITS
+    )
+    assert len(ok["windows"]) == 4
+
+
+def test_the_service_checks_ids_against_the_models_vocabulary() -> None:
+    from alknet_firewall.modelserver.service import EncodeService
+
+    model = _ServedFake()
+    model.vocab_size = 1000  # type: ignore[attr-defined]
+    service = EncodeService(model, max_request_windows=8)
+    assert service.describe()["limits"]["vocab_size"] == 1000
+    with pytest.raises(BadInputError, match="vocabulary"):
+        service.parse(b'{"protocol":1,"n_texts":1,"windows":[[0,0,0,[1000]]]}')
+    with pytest.raises(BadInputError, match=r"identity\.layers"):
+        service.parse(b'{"texts":["x"],"identity":{"layers":5}}')
+    with pytest.raises(InputTooLargeError):
+        service.parse(json.dumps({"n_texts": 1, "windows": [[0, 0, 0, [1]]] * 9}).encode())
+    assert service.parse(b'{"n_texts":1,"windows":[[0,0,0,[999]]]}').tokens == 1
+    # 8 windows of 32 tokens, 8 bytes per id and 64 per window, plus 64 KiB.
+    assert service.body_limit() == 8 * (32 * 8 + 64) + 65536
+    assert service.body_limit(4096) == 4096
+
+
+class _FailsOnMarker(_ServedFake):
+    """Raises (as an out-of-vocabulary id did inside the real model) for a batch holding a
+    window that starts at MARKER."""
+
+    MARKER = 777_777
+
+    def encode_token_windows(self, wins: list[Window], n_texts: int) -> WindowFeatures:
+        if any(w.start == self.MARKER for w in wins):
+            raise IndexError("index out of range in self (internal detail)")
+        return super().encode_token_windows(wins, n_texts)
+
+
+def test_a_failing_batch_fails_only_the_request_that_fails_alone() -> None:
+    from alknet_firewall.modelserver.service import EncodeService
+
+    model = _FailsOnMarker()
+    service = EncodeService(model, max_request_windows=8)
+    good = [Window(0, 0, 0, [1, 2, 3])]
+    bad = [Window(0, 0, _FailsOnMarker.MARKER, [4])]
+    jobs = [service.parse(wire.encode_request(w, 1)) for w in (good, bad, good)]
+    with pytest.raises(IndexError):
+        service.run(jobs)  # the batch as a whole fails
+    out = service.run_each(jobs)
+    assert isinstance(out[1], IndexError)
+    for got in (out[0], out[2]):
+        assert isinstance(got, WindowFeatures)
+        np.testing.assert_array_equal(got.features[8], service.run([jobs[0]])[0].features[8])
+    assert isinstance(service.run_each([jobs[1]])[0], IndexError)
+
+
+def test_server_errors_never_carry_exception_text() -> None:
+    from alknet_firewall.modelserver.service import error_reply
+
+    status, code, message = error_reply(IndexError("index out of range /srv/secret/model.py"))
+    assert (status, code) == (500, "internal_error")
+    assert "secret" not in message and "IndexError" not in message and "ref " in message
+    assert error_reply(BadInputError("window 0: token id 5 is outside")) == (
+        400,
+        "bad_input",
+        "window 0: token id 5 is outside",
+    )

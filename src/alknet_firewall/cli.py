@@ -39,6 +39,7 @@ from .logs import configure
 from .messages import extract_texts
 from .model import IDENTITY_KEYS, load_model, obtain_embedded, resolve
 from .model.onnx import export_onnx
+from .normalize import normalize
 from .scan import input_of, scan_chunk, scan_line
 from .trainset import (
     SUSPICIOUS_RATE_FACTOR,
@@ -290,8 +291,8 @@ def cmd_codebook_build(args: argparse.Namespace) -> int:
         [t.text for t in texts],
         max_windows=args.max_windows,
         cache=args.features_cache,
-        key={"trainset": "v2", "seed": args.seed},
-    )
+        key={},
+    ).without_short_spans()
     labels = span_labels(feats, texts, lambda text: token_offsets(model, text))
     info = model.describe()
     meta = {
@@ -319,6 +320,8 @@ def cmd_codebook_build(args: argparse.Namespace) -> int:
         families=[t.family for t in texts],
         styles=[t.style for t in texts],
         span_labels=labels if args.span else None,
+        texts=[t.text for t in texts],
+        fit_mask=[t.fits for t in texts],
         metadata=meta,
     )
     path = builder.codebook_.save(args.output)
@@ -349,7 +352,11 @@ def cmd_codebook_calibrate(args: argparse.Namespace) -> int:
         if v is not None:
             target[level] = v
     new = calibrate(
-        cb, feats, target or None, source=f"{len(texts)} texts, {files_digest(args.inputs)}"
+        cb,
+        feats,
+        target or None,
+        source=f"{len(texts)} texts, {files_digest(args.inputs)}",
+        texts=[normalize(t) for t in texts],
     )
     path = new.save(args.output)
     _print_json(
@@ -424,7 +431,11 @@ def _add_detection(sub: Any) -> None:
     p.add_argument("--k", type=int, default=64, help="SVD components per layer")
     p.add_argument("--C", type=float, default=0.01, help="inverse regularisation of the heads")
     p.add_argument(
-        "--max-windows", type=int, default=2, help="windows per text used (first and last)"
+        "--max-windows",
+        type=int,
+        default=16,
+        help="windows per text (evenly spaced, first and last included; every window of texts "
+        "up to ~1,800 tokens)",
     )
     p.add_argument("--span", type=int, default=32, help="span rows of this many tokens (0: off)")
     p.add_argument("--span-stride", type=int, default=16, help="tokens between span starts")

@@ -60,8 +60,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 #: 2 adds span heads (``span.<signal>.*``) and ``alarm_signals``; version 1 files still load.
-SCHEMA_VERSION = 2
-READABLE_SCHEMAS = (1, 2)
+SCHEMA_VERSION = 3
+READABLE_SCHEMAS = (1, 2, 3)
 METADATA_KEY = "alknet_firewall"
 DETECTION_SIGNALS = ("injection", "jailbreak", "harmful")
 SIGNAL_KINDS: dict[str, frozenset[str]] = {
@@ -130,6 +130,10 @@ class Codebook:
     #: Heads over span rows (``span_layer`` features of short spans inside windows), keyed by
     #: the signal they add evidence to: its score is the max of window and span evidence.
     span_heads: dict[str, SignalHead] = field(default_factory=dict)
+    #: Benign quantiles of the composite score per calibration group (``short`` texts, a
+    #: language group: ``lang:latin``, ``lang:cjk``): a text of a group is scored against its
+    #: own group's benign texts too (``scoring.Context``; schema 3).
+    group_knots: dict[str, np.ndarray] = field(default_factory=dict)
 
     # -- derived -------------------------------------------------------------------------------
     def __post_init__(self) -> None:
@@ -194,6 +198,8 @@ class Codebook:
             return self.span_heads[rest].knots
         if kind == "anomaly":
             return self.anomaly_knots
+        if kind == "group":
+            return self.group_knots[rest]
         if kind == "residual":
             return self.layer_stats[int(rest)].residual_knots
         if kind == "component":
@@ -274,6 +280,8 @@ class Codebook:
             t[f"span.{name}.bias"] = np.array([h.bias], dtype=np.float64)
             t[f"span.{name}.knots"] = h.knots.astype(np.float64)
         t["anomaly.knots"] = self.anomaly_knots.astype(np.float64)
+        for name, knots in self.group_knots.items():
+            t[f"group.{name}.knots"] = knots.astype(np.float64)
         return t
 
     def _digest(self) -> str:
@@ -291,6 +299,9 @@ class Codebook:
                 "alarm_signals": self.metadata.get("alarm_signals"),
                 "span_layer": self.metadata.get("span_layer"),
             }
+            if self.group_knots or "request" in self.metadata:
+                # Schema 3: how a request's texts combine decides verdicts too.
+                decisive["request"] = self.metadata.get("request")
             h.update(json.dumps(decisive, sort_keys=True).encode())
         return h.hexdigest()
 
@@ -305,6 +316,7 @@ class Codebook:
             k=self.k,
             signals=list(self.signals),
             span_signals=list(self.span_heads),
+            groups=list(self.group_knots),
             thresholds=self.thresholds,
             score_decades=SCORE_DECADES,
             tensors_digest="sha256:" + digest,
@@ -411,12 +423,15 @@ def _from_tensors(t: dict[str, np.ndarray], meta: dict[str, Any]) -> Codebook:
             knots=t[f"span.{name}.knots"],
         )
         span_layer = int(meta.get("span_layer", max(layers)))
-        if span_layer not in stats or span_heads[name].weight.shape[0] != (
-            stats[span_layer].mean.shape[0]
+        if (
+            span_layer not in stats
+            or span_heads[name].weight.shape[0] != (stats[span_layer].mean.shape[0])
         ):
             raise ValueError(f"span head {name} does not match layer {span_layer}")
+    group_knots = {name: t[f"group.{name}.knots"] for name in meta.get("groups", ())}
     return Codebook(
         span_heads=span_heads,
+        group_knots=group_knots,
         layers=layers,
         layer_stats=stats,
         heads=heads,

@@ -38,6 +38,7 @@ from .errors import ConfigurationError, UnknownPolicyError
 
 __all__ = [
     "LEVELS",
+    "PRESET_POLICIES",
     "SIGNALS",
     "Action",
     "DetectionSettings",
@@ -51,6 +52,7 @@ __all__ = [
     "ServerSettings",
     "Settings",
     "Signal",
+    "TelemetrySettings",
     "coerce_settings",
     "load_settings",
 ]
@@ -250,6 +252,11 @@ class ModelSettings(_Strict):
         description="Refuse a model server whose weights digest differs (the codebook's model "
         "name and digest are always checked).",
     )
+    backend_key: str | None = Field(
+        None,
+        description="Key sent to the model server as 'Authorization: Bearer KEY' (one of its "
+        "model_server.keys). Env: ALKNET_FIREWALL_MODEL__BACKEND_KEY.",
+    )
 
     @field_validator("layers")
     @classmethod
@@ -317,11 +324,14 @@ class PolicySettings(_Strict):
         "that lifted leave-family-out detection (the default codebook: injection, jailbreak, "
         "harmful; `anomaly` annotates, docs/adr/0007-detection-v2.md).",
     )
-    languages: Literal["demote", "score"] = Field(
-        "demote",
-        description="Texts not in English (the model reads English best, the codebook is "
-        "fitted on English): `demote` lowers their level one step (critical → warning → notice "
-        "→ clear) and notes `unsupported_language:<code>`; `score` treats them like English.",
+    languages: Literal["calibrate", "demote", "score"] = Field(
+        "calibrate",
+        description="Texts not in English (the model reads English best): `calibrate` scores a "
+        "text of a language group the codebook calibrated (Latin-script European languages, "
+        "Chinese/Japanese) against that group's benign texts too, and stops texts of a language "
+        "it has no calibration texts for at `notice`, noted `unsupported_language:<code>` "
+        "(docs/adr/0008-detection-v3.md); `demote` lowers every non-English text one level (the "
+        "v2 rule); `score` treats them like English.",
     )
     actions: dict[Level, Action] = Field(
         default_factory=lambda: {
@@ -343,8 +353,12 @@ class PolicySettings(_Strict):
         "Retry-After in the integrations); `fail_mode` gives the fail-mode verdict instead.",
     )
     roles: tuple[str, ...] = Field(
-        ("user", "tool", "function"),
-        description="Chat roles whose content is screened; the system prompt is the operator's.",
+        ("user", "tool", "function", "tool_definition"),
+        description="Roles screened (docs/request-fields.md): `user`, `tool` and `function` "
+        "content, and `tool_definition` (tool and function descriptions and their schemas' "
+        "texts). `system` and `developer` (also `instructions`) are the operator's: add them to "
+        "screen them too (e.g. when end users write them); `assistant` screens tool-call "
+        "arguments and other model-written items sent back.",
     )
     monitor: bool = Field(False, description="Monitor only: never block, `block` becomes `flag`.")
 
@@ -366,6 +380,19 @@ class PolicySettings(_Strict):
         if missing:
             raise ValueError(f"actions must map every level; missing {missing}")
         return v
+
+
+#: Named operating points that need no configuration (``Settings.policy``): the default's
+#: levels mapped to stricter or quieter actions.
+PRESET_POLICIES: dict[str, PolicySettings] = {
+    "strict": PolicySettings(
+        actions={"clear": "allow", "notice": "flag", "warning": "block", "critical": "block"}
+    ),
+    "quiet": PolicySettings(
+        actions={"clear": "allow", "notice": "allow", "warning": "allow", "critical": "block"}
+    ),
+    "monitor": PolicySettings(monitor=True),
+}
 
 
 class PoolSettings(_Strict):
@@ -442,7 +469,8 @@ class ServerSettings(_Strict):
     admin_keys: tuple[str, ...] = Field(
         (),
         description="Keys (or digests) for operator pages mounted on the gateway (the "
-        "console); empty: the client keys.",
+        "console); client keys never open it. Empty: loopback clients only, and only when no "
+        "client keys are configured either (otherwise the console is closed).",
     )
     allow_anonymous: bool = Field(
         False,
@@ -484,6 +512,22 @@ class ServerSettings(_Strict):
         10.0,
         ge=0,
         description="On SIGTERM/SIGINT, in-flight requests get this long to finish; new ones 503.",
+    )
+    allowed_hosts: tuple[str, ...] | None = Field(
+        None,
+        description="Host header names the gateway answers (any port; '*': all); others get "
+        "421 (DNS rebinding). None: 127.0.0.1, localhost and [::1] when bound to loopback, "
+        "all names otherwise.",
+    )
+    cors_origins: tuple[str, ...] = Field(
+        (),
+        description="Origins (e.g. 'https://app.example.com') whose browser pages may call the "
+        "gateway (CORS); requests a browser marks as coming from any other site get 403.",
+    )
+    trusted_proxies: tuple[str, ...] = Field(
+        (),
+        description="IPs or CIDRs of reverse proxies in front of the gateway: only from them is "
+        "X-Forwarded-For believed (the client is its right-most untrusted address).",
     )
 
 
@@ -528,6 +572,30 @@ class ModelServerSettings(_Strict):
         4096, ge=1, description="Windows one request may carry (larger: 413)."
     )
     timeout_s: float = Field(30.0, gt=0, description="Server-side limit on one encode call.")
+    max_body_bytes: int | None = Field(
+        None,
+        ge=1024,
+        description="Larger encode bodies get 413 without being read whole; `null`: what "
+        "max_request_windows windows of max_tokens tokens take, plus 64 KiB.",
+        json_schema_extra={"doc_default": "derived (~4.5 MB for 4096 windows of 128 tokens)"},
+    )
+    body_timeout_s: float = Field(
+        30.0, gt=0, description="The whole request body must arrive within this time (408)."
+    )
+    keys: tuple[str, ...] = Field(
+        (),
+        description="Keys clients (model.backend_key) must send as 'Authorization: Bearer "
+        "KEY', or their 'sha256:<hex>' digests; empty: no key needed. Env: "
+        "ALKNET_FIREWALL_MODEL_SERVER__KEYS='[\"k1\"]'.",
+    )
+    keys_file: Path | None = Field(
+        None, description="File with more keys or digests, one per line, '#' comments."
+    )
+    allow_anonymous: bool = Field(
+        False,
+        description="Let 'model serve' bind a non-loopback host without keys: anyone who "
+        "reaches it can use the model.",
+    )
 
 
 class RaySettings(_Strict):
@@ -575,6 +643,16 @@ class RaySettings(_Strict):
     scan_batch_size: int = Field(64, ge=1, description="Lines per map_batches batch.")
 
 
+class TelemetrySettings(_Strict):
+    """OpenTelemetry spans (the ``otel`` extra; ``docs/observability.md``)."""
+
+    enabled: bool = Field(
+        True,
+        description="Emit a span per screening when `opentelemetry-api` is installed (spans "
+        "record only once the application sets a tracer provider); `false`: never import it.",
+    )
+
+
 class Settings(_Mergeable, BaseSettings):
     """Everything alknet-firewall can be told. See ``docs/configuration.md``."""
 
@@ -591,7 +669,12 @@ class Settings(_Mergeable, BaseSettings):
     detection: DetectionSettings = Field(DetectionSettings(), description="Codebook and scoring.")
     policies: dict[str, PolicySettings] = Field(
         default_factory=lambda: {"default": PolicySettings()},
-        description="Named policies (per tenant or route); see `PolicySettings`.",
+        description="Named policies (per tenant or route); see `PolicySettings`. Three presets "
+        "exist without configuring them (a configured policy of the same name replaces its "
+        "preset): `strict` (notice → flag, warning and critical → block: about five times the "
+        "benign flags for more recall), `quiet` (only critical acts: it blocks; warning is "
+        "allowed and recorded) and `monitor` (never blocks). Trade-offs measured in "
+        "docs/evaluation.md.",
     )
     default_policy: str = Field("default", description="The policy used when a call names none.")
     pool: PoolSettings = Field(PoolSettings(), description="The worker-thread model pool.")
@@ -600,6 +683,9 @@ class Settings(_Mergeable, BaseSettings):
         ModelServerSettings(), description="The shared model server (`model serve`)."
     )
     ray: RaySettings = Field(RaySettings(), description="Ray Serve and Ray Data.")
+    telemetry: TelemetrySettings = Field(
+        TelemetrySettings(), description="OpenTelemetry spans per screening."
+    )
     log_text: bool = Field(
         False,
         description="Put message text into logs (off: logs carry hashes and lengths only).",
@@ -632,8 +718,12 @@ class Settings(_Mergeable, BaseSettings):
         try:
             return self.policies[key]
         except KeyError:
+            preset = PRESET_POLICIES.get(key)
+            if preset is not None:
+                return preset
             raise UnknownPolicyError(
-                f"unknown policy {key!r}; configured policies: {sorted(self.policies)}"
+                f"unknown policy {key!r}; configured policies: {sorted(self.policies)}, "
+                f"presets: {sorted(PRESET_POLICIES)}"
             ) from None
 
 

@@ -208,25 +208,57 @@ def cached_extract(
     max_windows: int | None,
     cache: str | Path | None,
     key: dict[str, Any],
+    chunk: int = 512,
 ) -> WindowFeatures:
-    """:func:`extract`, reusing ``cache`` (an ``.npz``) when it was made with the same ``key``
-    (model digest, windowing, dtype, texts digest ...)."""
+    """:func:`extract`, reusing ``cache`` (an ``.npz``) text by text.
+
+    The cache is content-addressed: each text's rows are stored under the SHA-256 of its text,
+    and the file is valid for one ``key`` (model digest, windowing, dtype, ``max_windows``).
+    Texts already in it are not extracted again, so a changed training set pays only for its
+    new texts; new rows are written every ``chunk`` texts, so an interrupted extraction resumes
+    where it stopped. Duplicated texts are extracted once.
+    """
     info = model.describe()
     full_key = json.dumps(
         {
-            **key,
-            "texts": hashlib.sha256(
-                "\x00".join(texts).encode("utf-8", "surrogatepass")
-            ).hexdigest(),
+            **{k: v for k, v in key.items() if k not in ("trainset", "seed")},
             "max_windows": max_windows,
+            "store": "per-text-v1",
             **{k: info.get(k) for k in IDENTITY_KEYS if k not in ("name", "revision")},
         },
         sort_keys=True,
     )
-    if cache is not None and Path(cache).exists() and WindowFeatures.saved_key(cache) == full_key:
-        return WindowFeatures.load(cache)
-    feats = extract(model, texts, max_windows=max_windows)
-    if cache is not None:
-        Path(cache).parent.mkdir(parents=True, exist_ok=True)
-        feats.save(cache, key=full_key)
-    return feats
+    if cache is None:
+        return extract(model, texts, max_windows=max_windows)
+    path = Path(cache)
+    store, hashes = None, np.zeros(0, dtype="<U64")
+    if path.exists() and WindowFeatures.saved_key(path) == full_key:
+        store = WindowFeatures.load(path)
+        with np.load(path) as d:
+            hashes = d["text_hashes"] if "text_hashes" in d.files else np.zeros(0, dtype="<U64")
+        if len(hashes) != store.n_texts:
+            store, hashes = None, np.zeros(0, dtype="<U64")
+    wanted = [_text_hash(t) for t in texts]
+    have = set(hashes.tolist())
+    todo = list(dict.fromkeys(h for h in wanted if h not in have))
+    if todo:
+        by_hash = dict(zip(wanted, texts, strict=True))
+        bar = tqdm(total=len(todo), desc="activations (new texts)", unit="text")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        for start in range(0, len(todo), chunk):
+            part_h = todo[start : start + chunk]
+            part = extract(
+                model, [by_hash[h] for h in part_h], max_windows=max_windows, progress=False
+            )
+            store = part if store is None else WindowFeatures.concat([store, part])
+            hashes = np.concatenate([hashes, np.array(part_h, dtype="<U64")])
+            store.save(path, key=full_key, extra={"text_hashes": hashes})
+            bar.update(len(part_h))
+        bar.close()
+    assert store is not None
+    index = {h: i for i, h in enumerate(hashes.tolist())}
+    return store.select([index[h] for h in wanted])
+
+
+def _text_hash(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()

@@ -14,7 +14,20 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["RowPlan", "Window", "WindowFeatures", "make_windows", "plan_rows", "window_spans"]
+__all__ = [
+    "MIN_SPAN_TOKENS",
+    "RowPlan",
+    "Window",
+    "WindowFeatures",
+    "make_windows",
+    "plan_rows",
+    "window_spans",
+]
+
+#: A window of fewer content tokens has no span row: the mean of a few tokens is one token's
+#: identity ("ok" read as a span scored like an injection; ADR 0008), and the whole-window row
+#: already reads it.
+MIN_SPAN_TOKENS = 8
 
 
 @dataclass(frozen=True)
@@ -30,11 +43,12 @@ class Window:
 def window_spans(n: int, size: int, stride: int) -> list[tuple[int, int]]:
     """Spans ``(start, length)`` of ``size`` content tokens every ``stride`` tokens inside a
     window of ``n`` content tokens, the last one flush with the window's end; a window of at
-    most ``size`` tokens is one span (its whole content). ``size`` 0 (or an empty window): none.
+    most ``size`` tokens is one span (its whole content). ``size`` 0, or a window of fewer than
+    :data:`MIN_SPAN_TOKENS` tokens: none.
 
     Span rows are scored on their own, so a short instruction is not diluted by the window
     around it (``docs/adr/0007-detection-v2.md``)."""
-    if size <= 0 or n <= 0:
+    if size <= 0 or n < MIN_SPAN_TOKENS:
         return []
     if n <= size:
         return [(0, n)]
@@ -157,6 +171,16 @@ class WindowFeatures:
             is_sub=None if self.is_sub is None else self.is_sub[keep],
         )
 
+    def drop_rows(self, mask: np.ndarray) -> WindowFeatures:
+        """The same texts without the rows in ``mask`` (one bool per row)."""
+        keep = ~np.asarray(mask, dtype=bool)
+        return self._rows(keep, self.text_index[keep], self.n_texts)
+
+    def without_short_spans(self) -> WindowFeatures:
+        """Without span rows of fewer than :data:`MIN_SPAN_TOKENS` tokens (features extracted
+        before that rule read as if extracted after it)."""
+        return self.drop_rows(~self.full & (self.n_tokens < MIN_SPAN_TOKENS))
+
     def only_full(self) -> WindowFeatures:
         """The same features without span rows."""
         if self.is_sub is None or not self.is_sub.any():
@@ -187,10 +211,35 @@ class WindowFeatures:
             is_sub=np.concatenate([~p.full for p in parts]),
         )
 
-    def save(self, path: str | Path, key: str = "") -> None:
-        """Write an ``.npz`` file; ``key`` records what made it (see ``corpus.cached_extract``)."""
+    def select(self, texts: Sequence[int]) -> WindowFeatures:
+        """The rows of ``texts`` (text numbers, repeats allowed), as a batch in that order."""
+        order = np.argsort(self.text_index, kind="stable")
+        counts = np.bincount(self.text_index, minlength=self.n_texts)
+        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        rows = [order[starts[t] : starts[t] + counts[t]] for t in texts]
+        keep = np.concatenate(rows) if rows else np.zeros(0, dtype=np.int64)
+        text_index = np.repeat(np.arange(len(rows)), [len(r) for r in rows])
+        return WindowFeatures(
+            features={k: v[keep] for k, v in self.features.items()},
+            text_index=text_index.astype(np.int64),
+            window_index=self.window_index[keep],
+            token_start=self.token_start[keep],
+            n_tokens=self.n_tokens[keep],
+            n_texts=len(rows),
+            is_sub=None if self.is_sub is None else self.is_sub[keep],
+        )
+
+    def save(
+        self, path: str | Path, key: str = "", extra: dict[str, np.ndarray] | None = None
+    ) -> None:
+        """Write an ``.npz`` file; ``key`` records what made it (see ``corpus.cached_extract``).
+        The file is written next to ``path`` and moved into place, so a reader never sees half
+        of it."""
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp.npz")
         np.savez(
-            path,
+            tmp,
+            **(extra or {}),
             key=np.array(key),
             text_index=self.text_index,
             window_index=self.window_index,
@@ -200,6 +249,7 @@ class WindowFeatures:
             is_sub=~self.full,
             **{f"layer_{k}": v for k, v in self.features.items()},
         )
+        tmp.replace(path)
 
     @classmethod
     def load(cls, path: str | Path) -> WindowFeatures:

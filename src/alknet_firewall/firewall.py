@@ -26,9 +26,9 @@ from typing import Any, Literal, overload
 
 from tqdm import tqdm
 
-from . import metrics
+from . import metrics, telemetry
 from .codebook import Codebook, load_codebook
-from .config import LEVELS, ModelSettings, PolicySettings, Settings, coerce_settings
+from .config import LEVELS, Level, ModelSettings, PolicySettings, Settings, coerce_settings
 from .errors import (
     BadInputError,
     FirewallClosedError,
@@ -38,13 +38,12 @@ from .errors import (
     ScreenTimeoutError,
 )
 from .hardware import idle_cores_probe, usable_cores
-from .language import guess_language
 from .messages import ScreenInput, extract_texts, rough_size
 from .model import ActivationModel, load_model
 from .normalize import normalize
 from .pool import BatchPool
 from .recorder import Recorder
-from .scoring import Scorer, Scores, level_for
+from .scoring import Scorer, Scores, adjust, level_for, request_score, text_context
 from .verdict import Verdict, error_code
 
 __all__ = ["SEAM_CHARS", "Firewall", "ScreenInput", "Verdict", "extract_texts"]
@@ -68,22 +67,18 @@ class _Item:
     part: bool = False
 
 
-def _language(text: str) -> str | None:
-    """The language code of a text that is not English at its start *and* at its end (an
-    English instruction after a foreign preamble is English), else None."""
-    head, tail = guess_language(text[:2000]), guess_language(text[-2000:])
-    return None if head.english or tail.english else head.code
-
-
 class _Texts(tuple):  # type: ignore[type-arg]
     """A pool job: the texts of one request, and which of them count towards the size limit."""
 
     counts: tuple[bool, ...]
+    #: The screening span and submission time (``telemetry.pending``), or None.
+    trace: Any
 
 
 def _job(todo: list[tuple[int, str, str]], items: list[_Item]) -> tuple[str, ...]:
     job = _Texts(text for _, text, _ in todo)
     job.counts = tuple(not (items[n].part or items[n].seam) for n, _, _ in todo)
+    job.trace = telemetry.pending()  # the screening span, when one records
     return job
 
 
@@ -218,6 +213,7 @@ class Firewall:
     def _score_batch(self, jobs: list[tuple[str, ...]]) -> list[list[Scores] | BaseException]:
         """Score every text of every request in one pass; one result list per request."""
         limit = self.settings.detection.max_input_tokens
+        start_ns, model_ns = time.time_ns(), None  # OpenTelemetry timings (telemetry.py)
         flat = [t for job in jobs for t in job]
         ids = self.model.tokenize(flat)
         out: list[list[Scores] | BaseException] = []
@@ -244,10 +240,14 @@ class Firewall:
         if kept:
             wins = self.model.windows([ids[i] for i in kept])
             feats = self.model.encode_token_windows(wins, len(kept))
+            model_ns = time.time_ns()
             scored = dict(zip(kept, self.scorer.score_features(feats).texts, strict=True))
             for n, idx in enumerate(keep):
                 if idx:
                     out[n] = [scored[i] for i in idx]
+        telemetry.batch_spans(
+            jobs, ids, start_ns=start_ns, model_end_ns=model_ns, end_ns=time.time_ns()
+        )
         return out
 
     # -- screening -----------------------------------------------------------------------------
@@ -326,6 +326,7 @@ class Firewall:
         by itself and its texts share one forward pass."""
         return self.pool.submit(_job(todo, items), **kwargs)
 
+    @telemetry.traced
     def screen(
         self, data: ScreenInput, *, policy: str | None = None, timeout: float | None = None
     ) -> Verdict:
@@ -361,6 +362,7 @@ class Firewall:
         """Async :meth:`screen`: waits without blocking the event loop."""
         return await self._ascreen(data, policy, timeout, batch=False)
 
+    @telemetry.traced
     async def _ascreen(
         self, data: ScreenInput, policy: str | None, timeout: float | None, *, batch: bool
     ) -> Verdict:
@@ -535,22 +537,36 @@ class Firewall:
         best_signal: str | None = None
         best_item: int | None = None
         notes: list[str] = []
+        # Every message of a request is another chance for benign traffic to cross a
+        # threshold: scores are read as evidence about the whole request (scoring.request_score).
+        n_messages = len({it.message_index for it in items if not it.seam})
+        exponent = float(self.codebook.metadata.get("request", {}).get("exponent", 0.0))
         for n, sc in per_item.items():
             for s, v in sc.signals.items():
                 signals[s] = max(signals.get(s, 0.0), v)
             score, sig = sc.composite([x for x in pol.signals if x in alarm])
-            level_n = LEVELS.index(level_for(score, thresholds))
             item_notes: list[str] = []
+            max_level: Level = "critical"
+            if level_for(score, thresholds) != "clear":
+                # Only a text that would alarm pays for its context (language guess, groups).
+                adj = adjust(
+                    self.codebook,
+                    score,
+                    text_context(items[n].text, sc.n_tokens),
+                    languages=pol.languages,
+                )
+                score, max_level = adj.score, adj.max_level
+                item_notes.extend(adj.notes)
+                if pol.languages == "demote" and adj.notes and max_level == "critical":
+                    # The v2 rule: any non-English text one level lower.
+                    max_level = LEVELS[max(LEVELS.index(level_for(score, thresholds)) - 1, 0)]
+                score = request_score(score, n_messages, exponent)
+            level_n = LEVELS.index(level_for(score, thresholds, max_level))
             ann_score, ann = sc.composite([x for x in pol.signals if x not in alarm])
             if ann is not None and level_n == 0 and level_for(ann_score, thresholds) != "clear":
                 # A signal that did not earn an alarm may still annotate: notice at most.
                 level_n, score, sig = 1, ann_score, ann
                 item_notes.append(f"annotation:{ann}")
-            if level_n and pol.languages == "demote":
-                lang = _language(items[n].text)
-                if lang is not None:
-                    level_n -= 1
-                    item_notes.append(f"unsupported_language:{lang}")
             if sig is not None and (best_item is None or (level_n, score) > best):
                 best, best_signal, best_item, notes = (level_n, score), sig, n, item_notes
         level = LEVELS[max(best[0], 0)]
@@ -587,6 +603,7 @@ class Firewall:
 
     def _failure(self, exc: BaseException, name: str, pol: PolicySettings, t0: float) -> Verdict:
         code = error_code(exc)
+        telemetry.record_error(exc)
         verdict = Verdict.failed(
             exc,
             name,

@@ -1,5 +1,8 @@
 """Fitting and calibrating codebooks (scikit-learn style); nothing at runtime imports this.
 
+Size (~470 lines): the builder and :func:`calibrate` share the weighting and quantile helpers
+and the calibration-group rule; splitting them would split one procedure across files.
+
 :class:`CodebookBuilder` fits a :class:`~alknet_firewall.codebook.Codebook` from labelled
 window features; :func:`calibrate` fits score distributions and level thresholds on benign
 features alone, which is how users fit *their* normal::
@@ -31,9 +34,9 @@ from .constants import ALARM_LEVELS
 from .distributions import DEFAULT_PROBS, SplineCDF, surprise
 from .errors import ConfigurationError, CorpusError
 from .features import WindowFeatures
-from .scoring import Scorer
+from .scoring import Context, Scorer, adjust, text_context
 
-__all__ = ["CodebookBuilder", "Labelled", "calibrate"]
+__all__ = ["CodebookBuilder", "Labelled", "calibrate", "contexts_of", "text_tokens"]
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +72,9 @@ class CodebookBuilder:
         min_style_texts: int = 30,
         style_rate_factor: Mapping[str, float] | None = None,
         random_state: int = 0,
+        max_span_rows: int = 24,
     ) -> None:
+        self.max_span_rows = max_span_rows
         self.k = k
         self.C = C
         self.span_C = span_C
@@ -107,6 +112,8 @@ class CodebookBuilder:
         families: Sequence[str] | None = None,
         styles: Sequence[str | None] | None = None,
         span_labels: np.ndarray | None = None,
+        texts: Sequence[str] | None = None,
+        fit_mask: Sequence[bool] | np.ndarray | None = None,
         metadata: Mapping[str, Any] | None = None,
     ) -> CodebookBuilder:
         """Fit on :class:`~alknet_firewall.features.WindowFeatures` and one kind per text.
@@ -116,7 +123,11 @@ class CodebookBuilder:
         the same for the attack side, so no single collection decides a head. ``styles`` (a
         benign style per text) make calibration hold the target rate for every style.
         ``span_labels`` (one per feature row: 1 a span of an attack instruction, 0 benign,
-        -1 unused) fit the span head of the ``injection`` signal on span rows.
+        -1 unused) fit the span head of the ``injection`` signal on span rows. ``texts`` (the
+        texts themselves) give calibration its groups (short texts, languages; see
+        :func:`calibrate`). ``fit_mask`` marks the texts heads may learn from (default: all);
+        benign texts outside it only calibrate (the default build: texts in other languages,
+        so no head learns a language as a sign of anything), attacks outside it are unused.
         """
         from sklearn.linear_model import LogisticRegression  # sklearn is slow to import
 
@@ -132,14 +143,21 @@ class CodebookBuilder:
         benign = np.isin(kinds_a, list(BENIGN_KINDS))
         if benign.sum() < 100:
             raise CorpusError("need at least 100 benign texts to fit a codebook")
-        # Held-out benign texts for calibration, stratified by group.
-        calib = np.zeros(len(kinds_a), dtype=bool)
+        fits = np.ones(len(kinds_a), dtype=bool) if fit_mask is None else np.asarray(fit_mask)
+        if fits.shape != kinds_a.shape:
+            raise CorpusError(f"{len(fits)} fit_mask entries for {len(kinds_a)} texts")
+        if texts is not None and len(texts) != len(kinds_a):
+            raise CorpusError(f"{len(texts)} texts for {len(kinds_a)} kinds")
+        # Held-out benign texts for calibration, stratified by group; benign texts heads may
+        # not learn from calibrate only.
+        calib = benign & ~fits
         grp = np.asarray(groups) if groups is not None else np.array(["all"] * len(kinds_a))
-        for g in np.unique(grp[benign]):
-            idx = np.flatnonzero(benign & (grp == g))
+        for g in np.unique(grp[benign & fits]):
+            idx = np.flatnonzero(benign & fits & (grp == g))
             rng.shuffle(idx)
             calib[idx[: round(len(idx) * self.calibration_fraction)]] = True
-        fit_benign = benign & ~calib
+        unused = calib | ~fits
+        fit_benign = benign & ~unused
         fam = np.asarray(families) if families is not None else grp
         all_feats = feats
         full_rows = feats.full
@@ -150,13 +168,13 @@ class CodebookBuilder:
         n_win = np.bincount(t, minlength=len(kinds_a)).astype(np.float64)
 
         stats = {layer: self._layer_stats(feats.features[layer][fit_benign[t]]) for layer in layers}
-        mu = X[~calib[t]].mean(0)
-        sd = X[~calib[t]].std(0) + 1e-6
+        mu = X[~unused[t]].mean(0)
+        sd = X[~unused[t]].std(0) + 1e-6
         Z = (X - mu) / sd
 
         heads: dict[str, SignalHead] = {}
         for name, signal_kinds in SIGNAL_KINDS.items():
-            pos = np.isin(kinds_a, list(signal_kinds)) & ~calib
+            pos = np.isin(kinds_a, list(signal_kinds)) & ~unused
             if pos.sum() < 5:
                 log.warning("signal %s has %d positive texts; not fitted", name, pos.sum())
                 continue
@@ -172,7 +190,7 @@ class CodebookBuilder:
         span_layer = max(layers)
         if span_labels is not None and "injection" in heads:
             head = self._span_head(
-                all_feats, np.asarray(span_labels), full_rows, calib, fam, grp, span_layer
+                all_feats, np.asarray(span_labels), full_rows, unused, fam, grp, span_layer
             )
             if head is not None:
                 span_heads["injection"] = head
@@ -192,6 +210,7 @@ class CodebookBuilder:
                     "k": self.k,
                     "C": self.C,
                     "span_C": self.span_C,
+                    "max_span_rows": self.max_span_rows,
                     "weights": "1/sqrt(texts) per benign source and per attack family",
                     "calibration_fraction": self.calibration_fraction,
                     "random_state": self.random_state,
@@ -213,6 +232,7 @@ class CodebookBuilder:
             all_feats.subset(calib),
             target_fpr,
             styles=calib_styles,
+            texts=None if texts is None else [texts[i] for i in np.flatnonzero(calib)],
             min_style_texts=self.min_style_texts,
             style_rate_factor=self.style_rate_factor,
         )
@@ -233,6 +253,7 @@ class CodebookBuilder:
         from sklearn.linear_model import LogisticRegression
 
         use = ~full_rows & (labels >= 0) & ~calib[feats.text_index]
+        use = _evenly_capped(use, feats.text_index * 2 + (labels == 1), self.max_span_rows)
         y = labels[use] == 1
         if y.sum() < 20 or (~y).sum() < 100:
             log.warning("span head: %d attack and %d benign spans; not fitted", y.sum(), (~y).sum())
@@ -284,6 +305,20 @@ class CodebookBuilder:
         )
 
 
+def text_tokens(feats: WindowFeatures) -> np.ndarray:
+    """Content tokens of every text of ``feats`` (the end of its last row)."""
+    tokens = np.zeros(feats.n_texts, dtype=np.int64)
+    np.maximum.at(tokens, feats.text_index, feats.token_start + feats.n_tokens)
+    return tokens
+
+
+def contexts_of(texts: Sequence[str], feats: WindowFeatures) -> list[Context]:
+    """The calibration context of each text (``scoring.text_context``)."""
+    if len(texts) != feats.n_texts:
+        raise CorpusError(f"{len(texts)} texts for {feats.n_texts} featurised texts")
+    return [text_context(t, int(n)) for t, n in zip(texts, text_tokens(feats), strict=True)]
+
+
 def calibrate(
     codebook: Codebook,
     benign: WindowFeatures,
@@ -291,8 +326,11 @@ def calibrate(
     *,
     source: str | None = None,
     styles: Sequence[str | None] | None = None,
+    texts: Sequence[str] | None = None,
     min_style_texts: int = 30,
+    min_group_texts: int = 30,
     style_rate_factor: Mapping[str, float] | None = None,
+    request_exponent: float | None = None,
 ) -> Codebook:
     """Fit score distributions and level thresholds on benign window features (no labels).
 
@@ -306,6 +344,14 @@ def calibrate(
     tolerates a multiple of the target rate for some styles (the default build: 5× for
     benign-but-suspicious styles — role-play, system prompts, look-alikes — whose tolerated
     false-alarm rate is 5 % against 1 % for ordinary traffic).
+
+    With ``texts`` (the benign texts themselves, in feature order), each calibration group
+    (``scoring.text_context``: short texts, language groups) with at least
+    ``min_group_texts`` texts gets its own benign distribution of the composite score, and
+    thresholds are set on scores after that group rule (``scoring.adjust``), the same rule
+    the firewall applies. Without ``texts`` the codebook has no groups (texts in other
+    languages then stop at ``notice``). ``request_exponent`` (default: the codebook's, else
+    0.5) sets how a request's texts combine (``scoring.request_score``).
     """
     target = dict(target_fpr or codebook.metadata.get("target_fpr") or DEFAULT_TARGET_FPR)
     if benign.n_texts < 50:
@@ -339,6 +385,29 @@ def calibrate(
         metadata=dict(codebook.metadata),
     )
     composite = Scorer(cb).score_features(benign).composite
+    # Calibration groups: each scored against its own benign texts too (scoring.adjust).
+    caps = np.full(benign.n_texts, len(ALARM_LEVELS))  # highest level index allowed
+    groups_n: dict[str, int] = {}
+    if texts is not None:
+        ctxs = contexts_of(texts, benign)
+        g_a = np.array([c.group for c in ctxs])
+        for g in sorted(set(g_a.tolist()) - {"default"}):
+            n_g = int((g_a == g).sum())
+            if n_g >= min_group_texts:
+                cb.group_knots[g] = SplineCDF.fit(composite[g_a == g], probs).knots
+                groups_n[g] = n_g
+        adjusted = [adjust(cb, float(s), c) for s, c in zip(composite, ctxs, strict=True)]
+        composite = np.array([a.score for a in adjusted])
+        caps = np.array(
+            [ALARM_LEVELS.index(a.max_level) if a.max_level != "clear" else -1 for a in adjusted]
+        )
+    exponent = (
+        request_exponent
+        if request_exponent is not None
+        else float(codebook.metadata.get("request", {}).get("exponent", 0.5))
+    )
+    cb.metadata["request"] = {"exponent": exponent}
+    cb.metadata["calibration_groups"] = groups_n
     style_a = np.asarray([s or "" for s in styles]) if styles is not None else None
     counted = (
         [x for x in np.unique(style_a) if x and (style_a == x).sum() >= min_style_texts]
@@ -346,32 +415,34 @@ def calibrate(
         else []
     )
     thresholds: dict[str, float] = {}
-    for level in ALARM_LEVELS:
+    for li, level in enumerate(ALARM_LEVELS):
         fpr = float(target[level])
-        thr = _quantile(composite, fpr)
+        # A text whose context caps it below this level cannot reach it.
+        eff = np.where(caps >= li, composite, 0.0)
+        thr = _quantile(eff, fpr)
         # Per style where the style has the texts to estimate the rate: a 0.1 % (critical)
         # quantile needs thousands of texts per style, so critical is set on all styles pooled.
         for x in counted if level != "critical" else ():
             rate = min(fpr * float((style_rate_factor or {}).get(x, 1.0)), 0.5)
-            thr = max(thr, _quantile(composite[style_a == x], rate))
+            thr = max(thr, _quantile(eff[style_a == x], rate))
         # Never below the score a single signal reaches at that FPR on its own.
         thresholds[level] = min(max(thr, float(surprise(fpr))), 1.0)
     # Keep the level order even on tiny calibration sets.
     thresholds["warning"] = max(thresholds["warning"], thresholds["notice"])
     thresholds["critical"] = max(thresholds["critical"], thresholds["warning"])
     table: dict[str, dict[str, Any]] = {}
-    for level in ALARM_LEVELS:
+    for li, level in enumerate(ALARM_LEVELS):
+        hit = (composite >= thresholds[level]) & (caps >= li)
         table[level] = {
             "target_fpr": float(target[level]),
             "threshold": thresholds[level],
-            "observed_fpr": float((composite >= thresholds[level]).mean()),
+            "observed_fpr": float(hit.mean()),
             "benign_texts": int(benign.n_texts),
         }
         if counted:
             assert style_a is not None
             table[level]["per_style"] = {
-                str(x): round(float((composite[style_a == x] >= thresholds[level]).mean()), 5)
-                for x in counted
+                str(x): round(float(hit[style_a == x].mean()), 5) for x in counted
             }
     cb.thresholds = thresholds
     cb.metadata["target_fpr"] = target
@@ -389,6 +460,23 @@ def _quantile(scores: np.ndarray, rate: float) -> float:
     """The score that ``rate`` of ``scores`` reach, estimated with at least two of them above
     it (a smaller rate on a small set is just its maximum)."""
     return float(np.quantile(scores, 1.0 - max(rate, 2.0 / len(scores)), method="higher"))
+
+
+def _evenly_capped(mask: np.ndarray, key: np.ndarray, cap: int) -> np.ndarray:
+    """``mask`` with at most ``cap`` rows per ``key`` (evenly spaced, first and last kept): a
+    long document's hundreds of spans weigh no more than before (each text's weight is spread
+    over its rows) and cost a bounded fit."""
+    out = mask.copy()
+    rows = np.flatnonzero(mask)
+    order = np.argsort(key[rows], kind="stable")
+    _, starts, counts = np.unique(key[rows][order], return_index=True, return_counts=True)
+    for a, n in zip(starts[counts > cap], counts[counts > cap], strict=True):
+        group = rows[order[a : a + n]]
+        keep = np.unique(np.linspace(0, n - 1, cap).round().astype(int))
+        drop = np.ones(n, dtype=bool)
+        drop[keep] = False
+        out[group[drop]] = False
+    return out
 
 
 def _balanced(

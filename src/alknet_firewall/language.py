@@ -106,6 +106,20 @@ _SCRIPT_CODES = {
     "DEVANAGARI": "hi",
     "GREEK": "el",
     "THAI": "th",
+    "BENGALI": "bn",
+    "TAMIL": "ta",
+    "TELUGU": "te",
+    "KANNADA": "kn",
+    "MALAYALAM": "ml",
+    "GUJARATI": "gu",
+    "GURMUKHI": "pa",
+    "SINHALA": "si",
+    "GEORGIAN": "ka",
+    "ARMENIAN": "hy",
+    "ETHIOPIC": "am",
+    "KHMER": "km",
+    "LAO": "lo",
+    "MYANMAR": "my",
 }
 
 

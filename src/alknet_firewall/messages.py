@@ -2,7 +2,9 @@
 
 One place parses message shapes for the firewall, the CLI and the integrations: plain strings,
 ``content`` as a string or a list of parts (``text`` / ``input_text`` / ``output_text``; other
-parts such as ``image_url`` are reported as ignored), and tool-call arguments.
+parts such as ``image_url`` are reported as ignored), and tool-call arguments. Request bodies
+(every field that reaches the model, with its role) are turned into such messages by
+:mod:`alknet_firewall.request_content`.
 """
 
 from __future__ import annotations

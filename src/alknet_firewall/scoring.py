@@ -4,7 +4,10 @@ Every signal score lives on one scale: ``score = -log10(p) / 4`` clipped to [0, 
 is the probability that a benign text scores at least this high (from the codebook's spline
 distributions). So 0.5 means "1 in 100 benign texts look this suspicious", 0.75 "1 in 1,000".
 The message score is the maximum over the enabled signals; long texts are scored per window and
-the worst window counts.
+the worst window counts. :func:`adjust` then reads a text in its context (its calibration group:
+short texts, languages; the critical floor for a few tokens) and :func:`request_score` as
+evidence about the whole request — one rule for fitting, evaluation and the firewall
+(``docs/adr/0008-detection-v3.md``).
 """
 
 from __future__ import annotations
@@ -16,11 +19,139 @@ from typing import Any
 import numpy as np
 
 from .codebook import Codebook
-from .constants import ALARM_LEVELS, Level
-from .distributions import surprise
+from .constants import ALARM_LEVELS, LEVELS, Level
+from .distributions import surprise, surprise_inverse
 from .features import WindowFeatures
+from .language import guess_language
 
-__all__ = ["Evidence", "ScoredBatch", "Scorer", "Scores", "level_for"]
+__all__ = [
+    "LANGUAGE_GROUPS",
+    "MIN_CRITICAL_TOKENS",
+    "SHORT_TOKENS",
+    "Adjusted",
+    "Context",
+    "Evidence",
+    "ScoredBatch",
+    "Scorer",
+    "Scores",
+    "adjust",
+    "language_of",
+    "level_for",
+    "request_score",
+    "text_context",
+]
+
+#: A text of at most this many content tokens is *short* ("ok", "yes please"): it is scored
+#: against short benign texts as well (``group.short`` of the codebook).
+SHORT_TOKENS = 16
+#: Evidence from a text of fewer content tokens never reaches ``critical`` on its own: a few
+#: tokens carry too little evidence to block (they can still be flagged).
+MIN_CRITICAL_TOKENS = 8
+#: Language codes (``language.guess_language``) → the calibration group that holds them. Other
+#: non-English codes have no calibration texts: the codebook has not seen them.
+LANGUAGE_GROUPS: dict[str, str] = {
+    "fr": "latin",
+    "de": "latin",
+    "es": "latin",
+    "it": "latin",
+    "pt": "latin",
+    "nl": "latin",
+    "zh": "cjk",
+    "ja": "cjk",
+}
+
+
+def language_of(text: str) -> str | None:
+    """The language code of a text that is not English at its start *and* at its end (an
+    English instruction after a foreign preamble is English), else None."""
+    head, tail = guess_language(text[:2000]), guess_language(text[-2000:])
+    return None if head.english or tail.english else head.code
+
+
+@dataclass(frozen=True)
+class Context:
+    """What scoring knows of a text besides its activations: the group it is calibrated in."""
+
+    #: ``default``, ``short``, or ``lang:<group>`` (``lang:latin``, ``lang:cjk``, or the bare
+    #: language code of a language no group holds, e.g. ``lang:bn``).
+    group: str
+    #: The non-English language code, else None.
+    language: str | None
+    #: Content tokens of the text.
+    tokens: int
+
+
+def text_context(text: str, n_tokens: int) -> Context:
+    """The calibration group of ``text`` (``n_tokens`` content tokens): its language group when
+    it is not English, else ``short`` up to :data:`SHORT_TOKENS` tokens, else ``default``."""
+    lang = language_of(text)
+    if lang is not None:
+        group = "lang:" + LANGUAGE_GROUPS.get(lang, lang)
+    elif n_tokens <= SHORT_TOKENS:
+        group = "short"
+    else:
+        group = "default"
+    return Context(group, lang, int(n_tokens))
+
+
+@dataclass(frozen=True)
+class Adjusted:
+    """A composite score after its text's context: the score, the highest level it may reach,
+    and notes for the verdict."""
+
+    score: float
+    max_level: Level
+    notes: tuple[str, ...] = ()
+
+
+def adjust(
+    codebook: Codebook, score: float, ctx: Context, *, languages: str = "calibrate"
+) -> Adjusted:
+    """The one rule (fit, evaluation and runtime) for scoring a text in its context.
+
+    * A text of a calibrated group (short texts, a language group the codebook holds benign
+      texts of) is scored against that group's benign texts as well, and the lower of the two
+      scores counts: a group whose benign texts look unusual (short replies, Chinese prose)
+      does not alarm for being that group; a group that looks ordinary keeps the global score.
+    * ``languages="calibrate"``: a language no group holds is one the codebook has not seen:
+      the score is kept but the level stops at ``notice``, noted ``unsupported_language:<code>``
+      (the model cannot tell an attack from ordinary text in a script it does not read).
+      ``"demote"`` lowers any non-English text one level instead (the v2 rule); ``"score"``
+      treats every text like English.
+    * Fewer than :data:`MIN_CRITICAL_TOKENS` content tokens never reach ``critical``.
+    """
+    notes: list[str] = []
+    max_level: Level = "critical"
+    group = ctx.group
+    if languages != "calibrate" and ctx.language is not None:
+        group = "default"
+        if languages == "demote":
+            notes.append(f"unsupported_language:{ctx.language}")
+    if group != "default":
+        if group in codebook.group_knots:
+            g = float(surprise(codebook.spline(f"group.{group}").sf(np.array([score])))[0])
+            score = min(score, g)
+        elif ctx.language is not None:
+            max_level = "notice"
+            notes.append(f"unsupported_language:{ctx.language}")
+    if ctx.tokens < MIN_CRITICAL_TOKENS and max_level == "critical":
+        max_level = "warning"
+    return Adjusted(float(score), max_level, tuple(notes))
+
+
+def request_score(score: float, n_texts: int, exponent: float) -> float:
+    """A text's score as evidence about a whole request of ``n_texts`` screened texts.
+
+    Every text of a request is another chance for benign traffic to cross a threshold, so the
+    best text's tail probability ``p`` is corrected to ``1 - (1 - p) ** (n ** exponent)``
+    (Šidák with ``n ** exponent`` effective texts: the texts of one conversation are
+    dependent, and ``exponent`` is calibrated on assembled benign requests; 0 switches the
+    correction off)."""
+    if n_texts <= 1 or exponent <= 0.0:
+        return score
+    p = surprise_inverse(score)
+    m = float(n_texts) ** exponent
+    return float(surprise(-np.expm1(m * np.log1p(-min(p, 1.0 - 1e-12)))))
 
 
 @dataclass(frozen=True)
@@ -254,10 +385,11 @@ def _max_per_text(
     return best, arg
 
 
-def level_for(score: float, thresholds: dict[str, float]) -> Level:
-    """The alarm level a composite score reaches."""
+def level_for(score: float, thresholds: dict[str, float], max_level: Level = "critical") -> Level:
+    """The alarm level a composite score reaches (at most ``max_level``)."""
+    cap = LEVELS.index(max_level)
     for level in reversed(ALARM_LEVELS):
         t = thresholds.get(level)
-        if t is not None and score >= t:
+        if t is not None and score >= t and LEVELS.index(level) <= cap:
             return level
     return "clear"

@@ -68,12 +68,42 @@ STYLE_OF_SOURCE: dict[str, str] = {
     "jbb_behaviors": "lookalike",
     "mitre_atlas": "lookalike",
     "aug_fragment": "short_chat",
+    # Third corpus release (2026-12-04).
+    "dialogue_turns": "short_reply",
+    "aug_short_variant": "short_reply",
+    "arena_hard": "long_chat",
+    "salesforce_prompt_leakage": "short_chat",
+    "bipia": "documents",
+    "emails_fixtures": "documents",
+    "agentdojo": "tool_output",
+    "awesome_copilot": "system_prompt",
+    "site_policy": "lookalike",
+    "xstest": "lookalike",
+    "bastioncorpus": "lookalike",
+    "belle_eval": "non_english",
+    "mgsm": "non_english",
+    "xquad": "documents",
 }
 BENIGN_STYLES = tuple(sorted(set(STYLE_OF_SOURCE.values())))
 #: Benign but superficially suspicious styles: their tolerated false-alarm rate is 5 % where
 #: ordinary traffic's is 1 % (the calibration factor the default build uses).
 SUSPICIOUS_STYLES = ("lookalike", "roleplay", "system_prompt")
 SUSPICIOUS_RATE_FACTOR = 5.0
+
+#: Per-source caps of the stratified selection where the default (``benign_cap``) is wrong:
+#: short replies and short real requests are cheap and the style most often hurt; texts in
+#: other languages are all kept (they calibrate their language group, never fit a head).
+SOURCE_CAPS: dict[str, int] = {
+    "dialogue_turns": 900,
+    "hh_helpful": 600,
+    "belle_eval": 500,
+    "mgsm": 125,
+    "xquad": 114,
+    "multijail": 235,
+    "agentdojo": 500,
+    "bipia": 400,
+    "tensor_trust_extraction": 430,
+}
 
 #: Benign texts that stand in for the data a tool returns (short, several styles).
 _FILL_SOURCES = ("hh_helpful", "gsm8k", "truthfulqa", "self_instruct", "emails")
@@ -86,6 +116,10 @@ _DOC_SOURCES = (
     "humaneval",
     "mitre_atlas",
     "system_prompts",
+    "bipia",
+    "arena_hard",
+    "site_policy",
+    "emails_fixtures",
 )
 #: InjecAgent's 17 tool-response templates fall into this many families.
 TEMPLATE_GROUPS = 3
@@ -124,6 +158,14 @@ class TrainingText:
     aug: str | None = None
     #: Sources this text was derived from (kept on the same side of any split).
     origins: tuple[str, ...] = ()
+    #: Language code (the corpus's ``meta.language``, else English): texts in other languages
+    #: never fit a head; benign ones calibrate their language group (``scoring.text_group``).
+    language: str = "en"
+
+    @property
+    def fits(self) -> bool:
+        """Whether heads may learn from this text (English texts only)."""
+        return self.language == "en"
 
 
 def read_corpus(path: str | Path) -> list[CorpusRow]:
@@ -162,7 +204,30 @@ def read_corpus(path: str | Path) -> list[CorpusRow]:
 def _family(row: CorpusRow) -> str:
     if row.source == "injecagent" and "template_id" in row.meta:
         return f"injecagent:{int(row.meta['template_id']) % TEMPLATE_GROUPS}"
+    if row.source == "agentdojo" and row.meta.get("suite"):
+        # One synthetic environment per suite: a suite is held out whole, carriers with and
+        # without their injection together.
+        return f"agentdojo:{row.meta['suite']}"
+    if row.source == "bipia" and row.label == 1 and row.meta.get("attack_type"):
+        return f"bipia:{row.meta['attack_type']}"
     return row.source
+
+
+def _style(row: CorpusRow) -> str | None:
+    """A benign corpus row's style: its source's, refined where a source mixes styles."""
+    if _language(row) != "en":
+        return "non_english"
+    if row.source == "bipia":
+        task, part = row.meta.get("task"), row.meta.get("part")
+        return "short_chat" if part == "question" else "code" if task == "code" else "documents"
+    if row.source == "bastioncorpus" and row.kind == "benign":
+        return "short_chat"
+    return STYLE_OF_SOURCE.get(row.source)
+
+
+def _language(row: CorpusRow) -> str:
+    lang = row.meta.get("language") or row.meta.get("lang") or "en"
+    return str(lang)
 
 
 def _origins(row: CorpusRow) -> tuple[str, ...]:
@@ -177,6 +242,10 @@ def _origins(row: CorpusRow) -> tuple[str, ...]:
         out.append(str(row.meta["fill_source"]))
     if row.near_dup_of:
         out.append(row.near_dup_of)
+    if row.meta.get("pair_id") is not None:
+        # Translations of one item, and a carrier with and without its injection, share a
+        # pair id: they stay on one side of a split.
+        out.append(f"pair:{row.source}:{row.meta['pair_id']}")
     return tuple(out)
 
 
@@ -190,14 +259,21 @@ def training_set(
     seed: int = 0,
 ) -> list[TrainingText]:
     """The selection and augmentations described in the module docstring, deterministically."""
-    caps = augment_caps or {"filler": 300, "embedded": 300, "fragment": 300, "concat": 100}
+    caps = augment_caps or {
+        "filler": 300,
+        "embedded": 300,
+        "fragment": 300,
+        "concat": 100,
+        "short_variant": 300,
+    }
     rng = random.Random(seed)
     benign = [r for r in rows if r.label == 0]
-    fill_pool = [r for r in benign if r.source in _FILL_SOURCES and 20 < len(r.text) < 400]
-    docs = [r for r in benign if r.source in _DOC_SOURCES and len(r.text) > 200]
-    aug: dict[str, list[TrainingText]] = {
-        k: [] for k in ("filler", "embedded", "fragment", "concat")
-    }
+    english = [r for r in benign if _language(r) == "en"]
+    fill_pool = [r for r in english if r.source in _FILL_SOURCES and 20 < len(r.text) < 400]
+    docs = [
+        r for r in english if r.source in _DOC_SOURCES and 200 < len(r.text) < 6000
+    ]
+    aug: dict[str, list[TrainingText]] = {k: [] for k in caps}
     # 1. Tool-output templates with benign fillers.
     for r in rows:
         injected = r.meta.get("injected_text") if r.source == "injecagent" else None
@@ -214,7 +290,11 @@ def training_set(
             aug["filler"].append(replace(t, origins=(*t.origins, *_origins(fill))))
     # 2. Injections and extraction requests embedded in benign documents, span-labelled.
     payloads = [
-        r for r in rows if r.kind in ("direct_injection", "prompt_extraction") and len(r.text) < 600
+        r
+        for r in rows
+        if r.kind in ("direct_injection", "prompt_extraction")
+        and len(r.text) < 600
+        and _language(r) == "en"
     ]
     if docs:
         for r in rng.sample(payloads, min(700, len(payloads))):
@@ -225,7 +305,7 @@ def training_set(
             text = pre + ("" if pre.endswith("\n") else "\n") + r.text + "\n" + post
             aug["embedded"].append(_attack(text, r.text, r, origins=(*_origins(r), d.source)))
     # 3. Short benign fragments; 4. benign documents back to back.
-    for r in rng.sample(benign, min(800, len(benign))):
+    for r in rng.sample(english, min(800, len(english))):
         words = r.text.split()
         if len(words) < 2:
             continue
@@ -233,6 +313,17 @@ def training_set(
         aug["fragment"].append(
             _benign(" ".join(words[:k]), "aug_fragment", r.source, "fragment", r)
         )
+    # 5. Short replies as people type them: the same reply in lower case, capitalised with a
+    #    full stop, and without punctuation ("ok", "Ok.", "OK").
+    for r in benign:
+        if r.source != "dialogue_turns" or len(r.text) > 20:
+            continue
+        bare = r.text.strip().rstrip(".!?").strip()
+        for v in {bare.lower(), bare[:1].upper() + bare[1:].lower() + ".", bare.upper()}:
+            if v and v != r.text:
+                aug["short_variant"].append(
+                    _benign(v, "aug_short_variant", r.source, "short_variant", r)
+                )
     if len(docs) >= 2:
         for _ in range(600):
             a, b = rng.sample(docs, 2)
@@ -244,16 +335,17 @@ def training_set(
         by_source.setdefault(r.source, []).append(r)
     out: list[TrainingText] = []
     for src, rs in sorted(by_source.items()):
-        cap = (
+        cap = SOURCE_CAPS.get(
+            src,
             benign_cap
             if rs[0].label == 0
-            else (injecagent_cap if src == "injecagent" else attack_cap)
+            else (injecagent_cap if src == "injecagent" else attack_cap),
         )
         if len(rs) > cap:
             rs = random.Random(seed + 1).sample(rs, cap)
         out.extend(_corpus_text(r) for r in rs)
-    for name in ("filler", "embedded", "fragment", "concat"):
-        xs = aug[name]
+    for name in caps:
+        xs = aug.get(name, [])
         out.extend(random.Random(seed + 2).sample(xs, min(caps.get(name, 0), len(xs))))
     return out
 
@@ -273,14 +365,17 @@ def _corpus_text(r: CorpusRow) -> TrainingText:
         kind=r.kind,
         source=r.source,
         family=_family(r),
-        style=STYLE_OF_SOURCE.get(r.source) if r.label == 0 else None,
+        style=_style(r) if r.label == 0 else None,
         span=span,
         origins=_origins(r),
+        language=_language(r),
     )
 
 
 def _benign(text: str, source: str, family: str, aug: str, origin: CorpusRow) -> TrainingText:
     style = "short_chat" if aug == "fragment" else STYLE_OF_SOURCE[source]
+    if aug == "fragment" and origin.source in STYLE_OF_SOURCE:
+        style = "short_reply" if origin.source == "dialogue_turns" else "short_chat"
     kind = origin.kind if aug == "fragment" else "benign"
     return TrainingText(
         text=normalize(text),
@@ -291,6 +386,7 @@ def _benign(text: str, source: str, family: str, aug: str, origin: CorpusRow) ->
         style=style,
         aug=aug,
         origins=_origins(origin),
+        language=_language(origin),
     )
 
 

@@ -240,11 +240,9 @@ def test_passthrough_untouched(served: Any) -> None:
     # GET on a screened path
     r = client.get("/v1/chat/completions")
     assert r.text == "get-ok" and not any(k.startswith(H) for k in r.headers)
-    # non-JSON body on a screened path: not screened, passed byte for byte
+    # non-JSON body on a screened path: refused by default (issue 19), never passed unscreened
     r = client.post("/v1/chat/completions", content=raw, headers={"content-type": "text/plain"})
-    assert r.status_code == 200 and r.content == raw
-    assert r.headers["x-test-verdict"] == "none"
-    assert not any(k.startswith(H) for k in r.headers)
+    _assert_openai_error(r, 415, "unsupported_media_type")
     # websocket on a screened path
     from websockets.sync.client import connect
 

@@ -159,8 +159,11 @@ def test_screen_messages_and_bad_requests(client: TestClient) -> None:
     ):
         r = client.post("/api/screen", json=payload, headers=AUTH)
         assert r.status_code == 400 and r.json()["error"]["code"] == code, (payload, r.text)
-    r = client.post("/api/screen", content=b"{not json", headers=AUTH)
+    json_type = {**AUTH, "content-type": "application/json"}
+    r = client.post("/api/screen", content=b"{not json", headers=json_type)
     assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_json"
+    r = client.post("/api/screen", content=b'{"text": "a"}', headers=AUTH)  # no JSON type
+    assert r.status_code == 415 and r.json()["error"]["code"] == "unsupported_media_type"
 
 
 def test_stats_shape(client: TestClient, fw: Firewall) -> None:
@@ -507,7 +510,7 @@ def test_gateway_mounts_the_console_behind_admin_keys(fw: Firewall) -> None:
         "admin_keys": [KEY],
     }
     app = create_app(load_settings(None, pool={"warmup": False}, server=server), fw)
-    with TestClient(app) as c:
+    with TestClient(app, base_url="http://127.0.0.1") as c:  # a Host a loopback gateway answers
         assert c.get("/console/").status_code == 401
         assert c.get("/console/api/stats").status_code == 401
         other = {"authorization": f"Bearer {client_key}"}
@@ -519,9 +522,16 @@ def test_gateway_mounts_the_console_behind_admin_keys(fw: Firewall) -> None:
 
     # No keys at all: loopback clients only.
     class Req:
-        def __init__(self, host: str) -> None:
-            self.client = type("Client", (), {"host": host})()
+        def __init__(self, host: str, *forwarded: bytes) -> None:
+            self.scope = {
+                "client": (host, 1),
+                "headers": [(b"x-forwarded-for", f) for f in forwarded],
+            }
 
     allow = gateway_authorizer(ServerSettings())
     assert allow(Req("127.0.0.1")) and allow(Req("::1"))
     assert not allow(Req("10.0.0.7")) and not allow(Req("testclient"))
+    assert not allow(Req("127.0.0.1", b"203.0.113.9"))  # a proxy nobody said to trust
+    # Client keys without admin keys: closed, even to a client key (issue 19).
+    closed = gateway_authorizer(ServerSettings(client_keys=(client_key,)))
+    assert not closed(Req("127.0.0.1"))

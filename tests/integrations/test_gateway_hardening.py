@@ -12,7 +12,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 import urllib.error
@@ -24,7 +23,6 @@ from typing import Any
 import httpx
 import openai
 import pytest
-import yaml
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -33,14 +31,8 @@ from starlette.routing import Route
 from alknet_firewall.errors import ConfigurationError
 from alknet_firewall.integrations.auth import KeySet, bearer_token, hash_key
 from alknet_firewall.integrations.gateway import check_exposure
-from tests.integration_helpers import (
-    BENIGN,
-    COMPLETION,
-    ServerThread,
-    child_env,
-    codebook_path,
-    free_port,
-)
+from tests.integration_helpers import BENIGN, COMPLETION, ServerThread, free_port
+from tests.serve_helpers import Serve
 
 UPSTREAM_KEY = "sk-upstream-0123456789abcdef"
 KEY_RAW = "gw-client-key-raw-0123456789"  # configured as itself
@@ -71,65 +63,6 @@ class Upstream:
     async def models(self, request: Request) -> Response:
         self.recorded.append({"headers": dict(request.headers), "size": 0})
         return JSONResponse({"object": "list", "data": []})
-
-
-class Serve:
-    """``alknet-firewall serve`` in a subprocess, with a YAML config; output in a file."""
-
-    def __init__(self, tmp: Path, server: dict[str, Any], **env: str) -> None:
-        self.port = free_port()
-        server = {"host": "127.0.0.1", "port": self.port, **server}
-        cfg = tmp / f"serve-{self.port}.yaml"
-        cfg.write_text(yaml.safe_dump({"server": server, "pool": {"workers": 1}}))
-        self.log = tmp / f"serve-{self.port}.log"
-        exe = Path(sys.executable).with_name("alknet-firewall")
-        cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "alknet_firewall.cli"]
-        self.cmd = [
-            *cmd,
-            "--config",
-            str(cfg),
-            "serve",
-            "--codebook",
-            str(codebook_path()),
-            "--log-level",
-            "info",
-        ]
-        self.env = child_env(ALKNET_FIREWALL_POOL__WARMUP="false", **env)
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self, timeout: float = 180) -> Serve:
-        with self.log.open("wb") as out:
-            self.proc = subprocess.Popen(
-                self.cmd, env=self.env, stdout=out, stderr=subprocess.STDOUT
-            )
-        deadline = time.monotonic() + timeout
-        while True:
-            assert self.proc.poll() is None, self.output()
-            try:
-                if httpx.get(self.url + "/healthz", timeout=2).status_code == 200:
-                    return self
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "serve did not become healthy\n" + self.output()
-            time.sleep(0.2)
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
-        assert self.proc is not None
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(10)
-            raise AssertionError("serve did not exit\n" + self.output()) from None
 
 
 @pytest.fixture(scope="module")
@@ -366,7 +299,8 @@ def test_oversized_bodies_get_413_in_every_client(
 def test_client_sending_a_byte_a_second_gets_408(keyed: Serve) -> None:
     body = _chat()
     head = (
-        f"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {KEY_RAW}\r\n"
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: 127.0.0.1\r\n"
+        f"authorization: Bearer {KEY_RAW}\r\n"
         f"content-type: application/json\r\ncontent-length: {len(body)}\r\n\r\n"
     ).encode()
     with socket.create_connection(("127.0.0.1", keyed.port), timeout=10) as sock:
@@ -407,7 +341,7 @@ def test_client_sending_a_byte_a_second_gets_408(keyed: Serve) -> None:
 # --------------------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_idle_connection_outlives_httpx_pool_timeout(keyed: Serve) -> None:
-    request = b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n"
+    request = b"GET /healthz HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n"
     with socket.create_connection(("127.0.0.1", keyed.port), timeout=10) as sock:
         sock.sendall(request)
         assert _response(sock).startswith(b"HTTP/1.1 200")

@@ -421,6 +421,32 @@ def test_non_chat_requests_are_screened_as_user_text() -> None:
     assert logged(nothing)[0]["guardrail_status"] == "not_run"
 
 
+def test_every_text_field_is_screened_and_token_ids_refused_except_embeddings() -> None:
+    g = guardrail(verdict("allow"))
+    tools = [{"type": "function", "function": {"name": "f", "description": "d"}}]
+    pre_call(g, request(tools=tools, suffix="s"))
+    screened = g.stub.calls[0][0]
+    assert [m["role"] for m in screened] == ["system", "user", "user", "tool_definition"]
+    assert [m["content"] for m in screened][2:] == ["s", "d"]
+
+    def hook(data: dict[str, Any], call_type: str) -> Any:
+        return asyncio.run(
+            g.async_pre_call_hook(
+                user_api_key_dict=UserAPIKeyAuth(), cache=None, data=data, call_type=call_type
+            )
+        )
+
+    completion = {"model": "m", "prompt": [1, 2, 3], "metadata": {}}
+    with pytest.raises(HTTPException) as ei:  # a prompt the model reads, unscreenable: refused
+        hook(completion, "atext_completion")
+    assert ei.value.status_code == 400 and ei.value.detail["code"] == "bad_input"
+    assert logged(completion)[0]["guardrail_status"] == "guardrail_failed_to_respond"
+    embedding = {"model": "m", "input": [1, 2, 3], "metadata": {}}
+    hook(embedding, "aembedding")  # token ids of an embedding: nothing to follow as orders
+    assert logged(embedding)[0]["guardrail_status"] == "not_run"
+    assert len(g.stub.calls) == 1
+
+
 def test_logging_only_scans_the_logged_call_and_never_blocks() -> None:
     """LiteLLM's own logging_only path (CustomGuardrail.async_logging_hook -> chat translation
     -> apply_guardrail) puts the verdict into the logged StandardLoggingPayload."""
@@ -515,7 +541,9 @@ def test_firewall_that_cannot_load_follows_the_fail_mode(fail_mode: str, blocks:
         assert ei.value.detail["verdict"]["error_code"] == "model_not_found"
         # permanent: no Retry-After, and the message says what is wrong instead of "retry later"
         assert "retry-after" not in ei.value.headers
-        assert "no model files" in ei.value.detail["error"], ei.value.detail
+        assert "Retrying cannot help" in ei.value.detail["error"], ei.value.detail
+        assert "model is not installed" in ei.value.detail["error"]
+        assert "no model files" not in str(ei.value.detail)  # the text stays in the log
     else:
         assert pre_call(g, data) is None
     [info] = logged(data)

@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 
 import pytest
 
-from alknet_firewall.errors import ConfigurationError, ModelNotFoundError
+from alknet_firewall.errors import BadInputError, ConfigurationError, ModelNotFoundError
 from alknet_firewall.integrations.litellm import _shared
 from alknet_firewall.integrations.litellm.policy import select_policy
 from alknet_firewall.integrations.litellm.settings import AlknetGuardrailConfigModel, build_settings
@@ -152,16 +152,24 @@ def test_config_model_defaults_are_the_guardrails() -> None:
 # --------------------------------------------------------------------------------------------
 # What each hook screens
 # --------------------------------------------------------------------------------------------
-def test_request_subject_prefers_extracted_messages_then_body_then_prompts() -> None:
+def test_request_subject_reads_every_text_field_of_the_body() -> None:
     chat = [{"role": "user", "content": "hi"}]
-    assert request_subject({"messages": [{"role": "user", "content": "x"}]}, chat) == chat
     assert request_subject({"messages": chat}) == chat
     assert request_subject({"prompt": "p"}) == [{"role": "user", "content": "p"}]
     assert request_subject({"input": ["a", "b"]}) == [
         {"role": "user", "content": "a"},
         {"role": "user", "content": "b"},
     ]
-    assert request_subject({"input": [1, 2]}) is None  # token ids: nothing to screen
+    # Not only the first of messages/prompt/input: every field (suffix, tools...) too.
+    both = request_subject({"messages": chat, "prompt": "p", "suffix": "s"})
+    assert both is not None and [m["content"] for m in both] == ["hi", "p", "s"]
+    tools = [{"type": "function", "function": {"name": "f", "description": "d"}}]
+    assert request_subject({"messages": chat, "tools": tools}) == [
+        *chat,
+        {"role": "tool_definition", "content": "d"},
+    ]
+    with pytest.raises(BadInputError):  # token ids: cannot be screened
+        request_subject({"input": [1, 2]})
     assert request_subject({"model": "m"}) is None
 
 

@@ -12,8 +12,9 @@ only correct together with the others, as in Starlette's own middleware modules.
 
 On the configured paths, a ``POST`` with a JSON body is read whole, screened, and then either
 replayed byte for byte to the app (with the verdict in ``scope["state"]`` and
-``x-alknet-firewall-*`` response headers) or answered with an OpenAI-style error. Everything
-else (other paths and methods, non-JSON bodies, websockets, lifespan) passes straight through.
+``x-alknet-firewall-*`` response headers) or answered with an OpenAI-style error; a non-JSON
+body there is refused (415) unless ``on_non_json="pass"``. Everything else (other paths and
+methods, websockets, lifespan) passes straight through.
 Responses are never buffered: streaming endpoints keep streaming.
 
 No web framework is imported: the middleware speaks raw ASGI.
@@ -25,11 +26,13 @@ import asyncio
 import inspect
 import json
 import logging
-from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-from ..errors import BadInputError, ConfigurationError, FirewallError, UnknownPolicyError
+from .. import telemetry
+from ..errors import ConfigurationError, FirewallError, UnknownPolicyError
+from ..request_content import extract_request
 from . import openai_errors
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -71,117 +74,17 @@ class Screener(Protocol):
 
 
 # --------------------------------------------------------------------------------------------
-# OpenAI request bodies -> what Firewall.ascreen takes
+# OpenAI request bodies -> what Firewall.ascreen takes (one extractor for every integration)
 # --------------------------------------------------------------------------------------------
 def messages_from_body(body: Any) -> list[Any]:
-    """Chat messages to screen from an OpenAI-style request body.
-
-    Every field that carries prompt text is collected, in this order, so a field cannot be
-    smuggled past the firewall on the "wrong" endpoint:
-
-    * ``messages`` (chat completions): the messages as they are;
-    * ``prompt`` (completions): a string or a list of strings, one user message each;
-    * ``input`` (responses; also embeddings and moderations): a string, or a list of strings
-      and items: messages (``role`` + ``content`` string or parts), ``function_call_output``
-      (screened as a ``tool`` message), ``function_call`` (its arguments, as an assistant tool
-      call); other items keep their place in the list but are not screened;
-    * ``instructions`` (responses): one ``system`` message, screened only if the policy's
-      roles include ``system``.
-
-    ``Verdict.message_index`` indexes the concatenation. Raises :class:`BadInputError` for
-    shapes that cannot be screened (token-id prompts, non-list ``messages``...).
-    """
-    if not isinstance(body, Mapping):
-        raise BadInputError(f"the request body must be a JSON object, not {_json_type(body)}")
-    out: list[Any] = []
-    if "messages" in body and body["messages"] is not None:
-        msgs = body["messages"]
-        if not isinstance(msgs, list):
-            raise BadInputError(f"'messages' must be an array, not {_json_type(msgs)}")
-        for i, m in enumerate(msgs):
-            calls = m.get("tool_calls") if isinstance(m, Mapping) else None
-            if calls is not None and not isinstance(calls, list):
-                raise BadInputError(f"messages[{i}].tool_calls must be an array")
-        out.extend(msgs)
-    if "prompt" in body and body["prompt"] is not None:
-        out.extend(_prompt_messages(body["prompt"]))
-    if "input" in body and body["input"] is not None:
-        out.extend(_input_messages(body["input"]))
-    instructions = body.get("instructions")
-    if isinstance(instructions, str):
-        out.append({"role": "system", "content": instructions})
-    return out
+    """Chat messages to screen from an OpenAI-style request body: the messages of
+    :func:`alknet_firewall.request_content.extract_request`, which reads every field that
+    reaches the model as text (``docs/request-fields.md``). Kept for callers of this name."""
+    return extract_request(body).messages
 
 
 #: Deprecated name of :func:`messages_from_body` (it converts a body; it screens nothing).
 screen_input = messages_from_body
-
-
-def _json_type(v: Any) -> str:
-    if v is None:
-        return "null"
-    if isinstance(v, bool):
-        return "a boolean"
-    if isinstance(v, (int, float)):
-        return "a number"
-    if isinstance(v, str):
-        return "a string"
-    if isinstance(v, list):
-        return "an array"
-    return "an object" if isinstance(v, Mapping) else type(v).__name__
-
-
-def _prompt_messages(prompt: Any) -> list[dict[str, Any]]:
-    if isinstance(prompt, str):
-        return [{"role": "user", "content": prompt}]
-    if isinstance(prompt, list):
-        if all(isinstance(p, str) for p in prompt):
-            return [{"role": "user", "content": p} for p in prompt]
-        if all(isinstance(p, (int, list)) and not isinstance(p, bool) for p in prompt):
-            raise BadInputError("token-id prompts cannot be screened; send the prompt as text")
-    raise BadInputError("'prompt' must be a string or an array of strings")
-
-
-def _input_messages(inp: Any) -> list[dict[str, Any]]:
-    if isinstance(inp, str):
-        return [{"role": "user", "content": inp}]
-    if not isinstance(inp, list):
-        raise BadInputError(f"'input' must be a string or an array, not {_json_type(inp)}")
-    out: list[dict[str, Any]] = []
-    for i, item in enumerate(inp):
-        if isinstance(item, str):
-            out.append({"role": "user", "content": item})
-        elif isinstance(item, Mapping):
-            out.append(_input_item(item, i))
-        elif (isinstance(item, int) and not isinstance(item, bool)) or (
-            isinstance(item, list) and all(isinstance(t, int) for t in item)
-        ):
-            raise BadInputError("token-id inputs cannot be screened; send the input as text")
-        else:
-            raise BadInputError(f"input[{i}] must be a string or an object")
-    return out
-
-
-def _input_item(item: Mapping[str, Any], i: int) -> dict[str, Any]:
-    kind = item.get("type")
-    if "role" in item and kind in (None, "message"):
-        return {"role": item["role"], "content": item.get("content")}
-    if kind == "function_call_output":
-        output = item.get("output")
-        if output is not None and not isinstance(output, (str, list)):
-            raise BadInputError(f"input[{i}].output must be a string or an array of parts")
-        return {"role": "tool", "content": output}
-    if kind == "function_call":
-        args = item.get("arguments")
-        if args is not None and not isinstance(args, str):
-            raise BadInputError(f"input[{i}].arguments must be a string")
-        return {
-            "role": "assistant",
-            "content": None,
-            "tool_calls": [{"type": "function", "function": {"arguments": args}}],
-        }
-    # reasoning, item_reference, web search calls...: nothing a client writes; keep the index.
-    return {"role": f"item:{kind}", "content": None}
 
 
 # --------------------------------------------------------------------------------------------
@@ -203,8 +106,10 @@ class FirewallMiddleware:
     :param block_status: status of a blocked request (4xx).
     :param max_body_bytes: larger bodies are refused with 413 without reading further.
     :param on_invalid_json: ``reject`` (400) or ``pass`` (to the app, unscreened).
-    :param on_non_json: a non-JSON ``Content-Type`` on a screened path: ``pass`` (to the app,
-        unscreened) or ``reject`` (415) for apps that would parse it as JSON anyway.
+    :param on_non_json: a non-JSON ``Content-Type`` on a screened path: ``reject`` (415, the
+        default: apps and frameworks parse such a body as JSON anyway, so passing it would
+        forward an attack unscreened) or ``pass`` (to the app, unscreened: only for an app
+        that really serves other types there and screens them itself).
     :param discard_bytes: a refused body (too large, wrong type) is read and thrown away up to
         this many bytes in all before the error is sent (default ``4 * max_body_bytes``); a
         longer one is answered at that point and its connection closed.
@@ -224,7 +129,7 @@ class FirewallMiddleware:
         block_status: int = 400,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
         on_invalid_json: Literal["reject", "pass"] = "reject",
-        on_non_json: Literal["pass", "reject"] = "pass",
+        on_non_json: Literal["pass", "reject"] = "reject",
         discard_bytes: int | None = None,
         body_timeout_s: float | None = None,
     ) -> None:
@@ -509,9 +414,10 @@ class _ScreeningResponder:
                 return openai_errors.firewall_not_configured()
         name, source = None, "default"
         try:
-            messages = messages_from_body(data)
+            content = extract_request(data)
             name, source = await self._policy(scope)
-            self.verdict = await fw.ascreen(messages, policy=name)
+            with telemetry.continue_trace(scope.get("headers")):  # the caller's traceparent
+                self.verdict = await fw.ascreen(content.messages, policy=name)
         except ConfigurationError as exc:
             if isinstance(exc, UnknownPolicyError) and source == "header":
                 # The client chose the policy: its mistake, not the operator's.
@@ -525,6 +431,7 @@ class _ScreeningResponder:
             log.exception("screening raised unexpectedly; request refused")
             return openai_errors.from_exception(RuntimeError("internal"))
         if self.verdict.blocked:
+            log.info("blocked: %s", content.path_of(self.verdict.message_index) or "request")
             return openai_errors.blocked(self.verdict, self.mw.block_status)
         return None
 

@@ -127,21 +127,25 @@ def _read_file(path: Path, source: str) -> list[str]:
     return [line.split("#", 1)[0] for line in text.splitlines()]
 
 
+def key_set(entries: Iterable[str], path: Path | str | None, source: str) -> KeySet:
+    """Keys from a settings list plus a keys file (``<source>_file``: one per line, ``#``
+    comments), e.g. ``model_server.keys`` and ``model_server.keys_file``."""
+    found = list(entries)
+    if path is not None:
+        found += _read_file(Path(path), f"{source}_file")
+    return KeySet(found, source=source)
+
+
 def client_keys(server: ServerSettings) -> KeySet:
     """The gateway's client keys: ``server.client_keys`` plus ``server.client_keys_file``."""
-    entries = list(server.client_keys)
-    if server.client_keys_file is not None:
-        entries += _read_file(Path(server.client_keys_file), "server.client_keys_file")
-    return KeySet(entries, source="server.client_keys")
+    return key_set(server.client_keys, server.client_keys_file, "server.client_keys")
 
 
 def admin_keys(server: ServerSettings) -> KeySet:
-    """Keys for operator pages (the console): ``server.admin_keys`` when set, else the client
-    keys. Empty when neither is configured: the caller decides whether that means loopback
-    only or refusing to start."""
-    if server.admin_keys:
-        return KeySet(server.admin_keys, source="server.admin_keys")
-    return client_keys(server)
+    """Keys for operator pages (the console): ``server.admin_keys`` only. A client key is
+    never an admin key. Empty when none are configured: the caller decides whether that means
+    loopback only, closed, or refusing to start."""
+    return KeySet(server.admin_keys, source="server.admin_keys")
 
 
 async def authorize(
@@ -214,4 +218,5 @@ __all__: Sequence[str] = [
     "bearer_token",
     "client_keys",
     "hash_key",
+    "key_set",
 ]

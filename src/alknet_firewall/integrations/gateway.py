@@ -1,6 +1,6 @@
 """OpenAI-compatible screening gateway: screen first, then forward to the upstream API.
 
-Size (~500 lines): the app factory with its routes, upstream forwarding (streaming included),
+Size (~540 lines): the app factory with its routes, upstream forwarding (streaming included),
 health/metrics and the ``serve`` command; auth, error bodies and serving live in their own
 modules already.
 
@@ -10,7 +10,9 @@ uvicorn (``127.0.0.1:8080`` by default). Point any OpenAI client at ``http://HOS
 * ``POST /v1/chat/completions``, ``/v1/completions``, ``/v1/responses``: screened by
   :class:`~alknet_firewall.integrations.asgi.FirewallMiddleware`, then forwarded byte for byte
   (``stream: true`` comes back as server-sent events, chunk by chunk, unbuffered);
-* ``GET /v1/models`` (and ``/v1/models/{id}``): forwarded;
+* ``GET /v1/models`` (and ``/v1/models/{id}``, the id one escaped path segment): forwarded;
+  nothing else reaches the upstream (an allow-list of routes; dot segments and encoded
+  slashes are refused by :mod:`~alknet_firewall.integrations.edge` before any route runs);
 * ``GET /healthz``: ``{"status", "codebook", "queue_depth", "model"}`` (model: backend, dtype
   and why, device);
 * ``GET /console/``: the operator console and its JSON API (``docs/console.md``);
@@ -43,6 +45,7 @@ from ..errors import ConfigurationError
 from . import openai_errors
 from .asgi import STATE_FIREWALL, FirewallMiddleware, PolicyResolver
 from .auth import RequireKey, client_keys
+from .edge import Edge, default_allowed_hosts, is_loopback
 
 if TYPE_CHECKING:  # pragma: no cover
     import httpx
@@ -248,8 +251,11 @@ def create_app(
             client: httpx.AsyncClient = getattr(request.state, STATE_HTTP)
             if suffix is not None:
                 path = suffix
-            else:  # /models/{id}: re-quote the decoded id (fine-tuned ids hold ':')
-                path = "/models/" + quote(request.path_params["model"], safe="/:@")
+            else:  # /models/{id}: the decoded id as ONE escaped segment (never '/', '.', '..')
+                model = request.path_params["model"]
+                if model in ("", ".", "..") or "/" in model:
+                    return _error(openai_errors.invalid_path())
+                path = "/models/" + quote(model, safe="")
             url = upstream + path
             query = request.scope.get("query_string", b"")
             if query:
@@ -262,7 +268,8 @@ def create_app(
             headers.append((b"accept-encoding", encoding.encode("latin-1")))
             if api_key:
                 headers.append((b"authorization", f"Bearer {api_key}".encode("latin-1")))
-            body = await request.body()
+            # Only the screened POSTs carry a body; a GET's was dropped at the edge.
+            body = await request.body() if request.method == "POST" else b""
             req = client.build_request(
                 request.method, url, headers=headers, content=body if body else None
             )
@@ -312,12 +319,12 @@ def create_app(
     routes = [Route("/v1" + s, proxy(s), methods=["POST"]) for s in SCREENED]
     routes += [
         Route("/v1/models", proxy("/models"), methods=["GET"]),
-        Route("/v1/models/{model:path}", proxy(None), methods=["GET"]),
+        Route("/v1/models/{model}", proxy(None), methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
     ]
     if server.metrics_port is None:  # otherwise served on its own listener (cmd_serve)
         routes.append(Route("/metrics", metrics, methods=["GET"]))
-    # Operator console (docs/console.md): admin keys, else client keys, else loopback only.
+    # Operator console (docs/console.md): admin keys; with no keys at all, loopback only.
     from .console import gateway_console
 
     routes.append(Mount("/console", app=gateway_console(server, firewall)))
@@ -354,6 +361,41 @@ def create_app(
             body_timeout_s=server.body_timeout_s,
         )
     ]
+    discard = server.discard_body_bytes
+    hosts = default_allowed_hosts(server.host, server.allowed_hosts)
+    if hosts is None and server.allowed_hosts is None:
+        log.warning(
+            "bound to %s with no server.allowed_hosts: every Host name is answered; list the "
+            "gateway's own names there (DNS rebinding)",
+            server.host,
+        )
+    if server.cors_origins:
+        from starlette.middleware.cors import CORSMiddleware
+
+        middleware.insert(
+            0,
+            Middleware(
+                CORSMiddleware,  # type: ignore[arg-type]
+                allow_origins=list(server.cors_origins),
+                allow_methods=["GET", "POST"],
+                allow_headers=["authorization", "content-type"],
+                expose_headers=["x-alknet-firewall-action", "x-alknet-firewall-level"],
+            ),
+        )
+    middleware.insert(
+        0,
+        Middleware(
+            Edge,  # type: ignore[arg-type]
+            allowed_hosts=hosts,
+            cors_origins=server.cors_origins,
+            trusted_proxies=server.trusted_proxies,
+            json_paths=["/v1" + s for s in SCREENED],
+            json_only=["/console/api/screen"],
+            max_body_bytes=server.max_body_bytes,
+            discard_bytes=4 * server.max_body_bytes if discard is None else discard,
+            body_timeout_s=server.body_timeout_s,
+        ),
+    )
     return Starlette(routes=routes, middleware=middleware, lifespan=lifespan)
 
 
@@ -414,20 +456,9 @@ def _serve_settings(args: argparse.Namespace) -> Settings:
     return settings
 
 
-def _is_loopback(host: str) -> bool:
-    import ipaddress
-
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
 def check_exposure(server: Any) -> None:
     """Refuse an open relay: an upstream key, no client keys, a non-loopback host."""
-    if not server.upstream_api_key or server.allow_anonymous or _is_loopback(server.host):
+    if not server.upstream_api_key or server.allow_anonymous or is_loopback(server.host):
         return
     if client_keys(server):
         return

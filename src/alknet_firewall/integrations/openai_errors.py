@@ -18,6 +18,10 @@ fail-closed verdict (screening error)  503     the verdict's ``error_code``
 :class:`FirewallClosedError`           503     ``firewall_closed``
 invalid JSON body                      400     ``invalid_json``
 missing or unknown client key          401     ``invalid_api_key``
+cross-site browser request             403     ``cross_site_request``
+``Host`` not in ``allowed_hosts``      421     ``misdirected_request``
+dot segments, encoded ``/`` in path    400     ``invalid_path``
+not ``application/json`` on a JSON API 415     ``unsupported_media_type``
 body not received in time              408     ``request_timeout``
 server shutting down                   503     ``shutting_down``
 upstream unreachable / refused         502     ``upstream_unreachable``
@@ -32,6 +36,7 @@ Nothing here imports a web framework: an :class:`ErrorReply` is sent over raw AS
 from __future__ import annotations
 
 import json
+import logging
 import math
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field, replace
@@ -59,12 +64,15 @@ __all__ = [
     "ErrorReply",
     "blocked",
     "body_too_large",
+    "cross_site",
     "error_body",
     "firewall_not_configured",
     "firewall_unavailable",
     "from_exception",
     "invalid_json",
+    "invalid_path",
     "invalid_request",
+    "misdirected_host",
     "request_timeout",
     "shutting_down",
     "status_for",
@@ -75,6 +83,8 @@ __all__ = [
     "upstream_unreachable",
 ]
 
+
+log = logging.getLogger("alknet_firewall.errors")
 
 ASGISend = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
@@ -144,17 +154,15 @@ def error_body(
     return {"error": err}
 
 
-#: Verdict error codes that retrying cannot fix (an installation or configuration problem):
-#: their 503 says what is wrong and carries no Retry-After.
-PERMANENT_CODES = frozenset(
-    {
-        "model_not_found",
-        "dependency_missing",
-        "codebook_error",
-        "codebook_mismatch",
-        "configuration_error",
-    }
-)
+#: Verdict error codes that retrying cannot fix (an installation or configuration problem) and
+#: what each means: their 503 says so and carries no Retry-After (the details stay in the log).
+PERMANENT_CODES: dict[str, str] = {
+    "model_not_found": "the firewall's activation model is not installed",
+    "dependency_missing": "a package the firewall needs (torch or onnxruntime) is not installed",
+    "codebook_error": "the firewall's codebook cannot be read",
+    "codebook_mismatch": "the firewall's codebook does not match its model",
+    "configuration_error": "the firewall's settings are invalid",
+}
 
 
 def _type_for(status: int) -> str:
@@ -171,26 +179,33 @@ def blocked(verdict: Verdict, status: int = 400) -> ErrorReply:
     """The reply to a request whose verdict is ``block``.
 
     A fail-closed verdict (screening failed, ``verdict.error_code`` set) is not the client's
-    fault: it answers 503 so that clients retry, with the verdict's error code.
+    fault: it answers 503 with the verdict's error code, and ``Retry-After`` unless retrying
+    cannot help (:data:`PERMANENT_CODES`: the message says what is wrong). The error's
+    text (model server URLs, paths, library internals) is logged, never sent: the client's
+    verdict carries the code in its ``error`` field.
     """
     if verdict.error_code:
-        permanent = verdict.error_code in PERMANENT_CODES
+        log.warning(
+            "screening failed (%s), policy %r fails closed: %s",
+            verdict.error_code,
+            verdict.policy,
+            verdict.error,
+        )
+        what = PERMANENT_CODES.get(verdict.error_code)
         msg = (
             f"Request not forwarded: screening failed ({verdict.error_code}) and the "
             f"policy {verdict.policy!r} fails closed. "
             + (
-                f"Retrying cannot help until the firewall's operator fixes this: {verdict.error}"
-                if permanent
+                f"Retrying cannot help: {what}; the firewall's operator must fix this (the "
+                "server's log says how)."
+                if what
                 else "Retry later."
             )
         )
         body = error_body(msg, type=SERVER_ERROR, code=verdict.error_code, verdict=verdict)
-        if permanent:
+        body["error"]["verdict"]["error"] = verdict.error_code
+        if what:
             return ErrorReply(503, body, _verdict_headers(verdict))
-        if verdict.error_code == "internal_error":
-            # An unexpected exception's text (paths, device errors, library internals) stays in
-            # the server's hands, as in from_exception(); the client gets the code only.
-            body["error"]["verdict"]["error"] = verdict.error_code
         return ErrorReply(503, body, {"retry-after": "1", **_verdict_headers(verdict)})
     where = f" in message {verdict.message_index}" if verdict.message_index is not None else ""
     msg = (
@@ -223,10 +238,19 @@ def from_exception(exc: BaseException, *, verdict: Verdict | None = None) -> Err
         headers["retry-after"] = str(max(1, math.ceil(exc.retry_after)))
     elif status == 503:
         headers["retry-after"] = "1"
-    if isinstance(exc, FirewallError):
-        message = str(exc)
-    else:  # an unexpected failure: don't leak internals to the client
-        message = "The firewall failed to screen this request; it was not forwarded."
+    if isinstance(exc, OverloadError):  # a remote backend's text would name its URL
+        message = (
+            f"The firewall is overloaded ({code}); the request was not forwarded. Retry "
+            f"after {headers['retry-after']} s."
+        )
+    elif isinstance(exc, FirewallError) and status < 500:
+        message = str(exc)  # the client's own input: what to change
+    else:  # a server-side failure: its text (URLs, paths, internals) goes to the log only
+        log.warning("screening failed (%s): %s: %s", code, type(exc).__name__, exc)
+        message = (
+            f"The firewall could not screen this request ({code}); it was not forwarded. "
+            "Retry later."
+        )
     return ErrorReply(status, error_body(message, type=_type_for(status), code=code), headers)
 
 
@@ -326,3 +350,29 @@ def shutting_down() -> ErrorReply:
         code="shutting_down",
     )
     return ErrorReply(503, body, {"retry-after": "1"})
+
+
+def misdirected_host() -> ErrorReply:
+    """421: the ``Host`` header names a host this gateway does not serve (DNS rebinding)."""
+    return invalid_request(
+        "This gateway does not serve that Host name; use one in its server.allowed_hosts.",
+        "misdirected_request",
+        421,
+    )
+
+
+def invalid_path() -> ErrorReply:
+    return invalid_request(
+        "The request path has dot segments or encoded '.', '/', '\\' or '%'; send a plain "
+        "API path such as /v1/models/MODEL_ID.",
+        "invalid_path",
+    )
+
+
+def cross_site() -> ErrorReply:
+    return invalid_request(
+        "Cross-site browser request refused: the gateway's operator must list this page's "
+        "origin in server.cors_origins.",
+        "cross_site_request",
+        403,
+    )

@@ -10,8 +10,9 @@
 
 It also sets uvicorn's keep-alive above common clients' idle pool timeout (``keepalive_s``;
 httpx keeps idle connections 5 s, as long as uvicorn's default, which lets a client send on a
-connection the server is closing) and exposes ``limit_concurrency``. Nothing here knows about
-the firewall::
+connection the server is closing) and exposes ``limit_concurrency``. uvicorn's own
+``X-Forwarded-For`` handling is off (``proxy_headers=False``): the client address is the peer's,
+and only the app decides which proxies to believe. Nothing here knows about the firewall::
 
     from alknet_firewall.integrations.serving import serve
     sys.exit(serve(app, host="127.0.0.1", port=8090, grace_s=10))
@@ -130,7 +131,9 @@ def serve(
         limit_concurrency=limit_concurrency,
         # The drain phase already waited for the requests in flight.
         timeout_graceful_shutdown=1,
-        **uvicorn_options,
+        # uvicorn would believe X-Forwarded-For from 127.0.0.1 and rewrite the client address
+        # before the app sees it; who is a trusted proxy is the app's call (server.trusted_proxies).
+        **{"proxy_headers": False, **uvicorn_options},
     )
     server = _server_class()(config, gate, grace_s)
     server.run()

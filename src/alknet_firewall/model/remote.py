@@ -65,7 +65,7 @@ class RemoteActivationModel:
                 max_connections=ms.backend_connections,
                 max_keepalive_connections=ms.backend_connections,
             ),
-            headers={"user-agent": "alknet-firewall-remote/1"},
+            headers=_headers(ms.backend_key),
         )
         self._lock = threading.Lock()
         self.requests = 0
@@ -188,6 +188,12 @@ class RemoteActivationModel:
         except ValueError:
             message = resp.text[:200]
         status = resp.status_code
+        if status == 401:
+            raise ConfigurationError(
+                f"the model server at {self.url} wants a key (401): set model.backend_key "
+                "(or ALKNET_FIREWALL_MODEL__BACKEND_KEY) to one of its model_server.keys"
+                + (" - the key set now is not one of them" if self.settings.backend_key else "")
+            )
         if status in (429, 503):
             retry_after = _retry_after(resp.headers.get("retry-after"))
             raise OverloadError(
@@ -256,6 +262,13 @@ class RemoteActivationModel:
 
     def close(self) -> None:
         self._client.close()
+
+
+def _headers(key: str | None) -> dict[str, str]:
+    headers = {"user-agent": "alknet-firewall-remote/1"}
+    if key:
+        headers["authorization"] = f"Bearer {key}"
+    return headers
 
 
 def _retry_after(value: str | None) -> float:

@@ -14,8 +14,10 @@ neither torch nor Ray. The full description is ``docs/deploy/protocol.md``.
   header length, a JSON header naming each array (dtype, shape), then the raw little-endian
   arrays, each padded to 8 bytes: window metadata (``text_index``, ``window_index``,
   ``token_start``, ``n_tokens``, ``is_sub``) and ``layer.<n>`` float32 ``[rows, feature_size]``.
-- Errors are JSON ``{"error": {"code", "message"}}``: 400 bad request, 409 identity mismatch,
-  413 too large, 429/503 overloaded or not ready (with ``Retry-After``), 500 model failure.
+- Errors are JSON ``{"error": {"code", "message"}}``: 400 bad request (every field is checked
+  by :func:`decode_request` against the server's :class:`RequestLimits`), 401 no valid key,
+  408 body too slow, 409 identity mismatch, 413 too large, 429/503 overloaded or not ready
+  (with ``Retry-After``), 500 model failure (a generic message; the detail is in the log).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from __future__ import annotations
 import json
 import struct
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -35,7 +38,9 @@ __all__ = [
     "MAGIC",
     "PROTOCOL_VERSION",
     "TOKENIZER_PATH",
+    "RequestLimits",
     "WireError",
+    "WireTooLarge",
     "decode_features",
     "decode_request",
     "encode_features",
@@ -69,6 +74,10 @@ class WireError(ValueError):
     """A body that does not follow the protocol."""
 
 
+class WireTooLarge(WireError):
+    """A request above the server's limits (413 rather than 400)."""
+
+
 # --------------------------------------------------------------------------------------------
 # Requests
 # --------------------------------------------------------------------------------------------
@@ -97,33 +106,75 @@ def encode_request(
     return json.dumps(body, separators=(",", ":")).encode()
 
 
-def decode_request(body: bytes) -> dict[str, Any]:
+@dataclass(frozen=True)
+class RequestLimits:
+    """What a server accepts in one ``POST /v1/encode`` (``None``: no limit of that kind).
+
+    :func:`decode_request` checks every field against them before a request may join a batch,
+    so that no request can fail a forward pass it shares with other clients."""
+
+    #: Windows (and texts) in one request.
+    max_windows: int | None = None
+    #: Content tokens in one window.
+    max_tokens: int | None = None
+    #: Token ids must be below this (the model's embedding rows).
+    vocab_size: int | None = None
+
+
+#: Window text/index/start travel as int32 in the answer.
+_MAX_INDEX = 2**31 - 1
+#: Keys of a request body; anything else is refused (so that typos do not pass silently).
+_REQUEST_KEYS = frozenset({"protocol", "n_texts", "windows", "texts", "layers", "identity"})
+#: Keys an ``identity`` object may carry at most (the server announces about 15).
+_MAX_IDENTITY_KEYS = 64
+
+
+def decode_request(body: bytes, limits: RequestLimits | None = None) -> dict[str, Any]:
     """Parse and validate a ``POST /v1/encode`` body. Returns a dict with ``windows`` (list of
     ``(text, index, start, content)`` tuples) and ``n_texts``, or ``texts``; plus ``layers``
-    and ``identity`` (``None`` when absent). Raises :class:`WireError`."""
+    and ``identity`` (``None`` when absent). Every field is checked (types: a bool is not an
+    integer, nor is ``1.0``; ranges; ``limits``). Raises :class:`WireError` with a message that
+    names the field; it never quotes the body."""
+    lim = limits or RequestLimits()
     try:
-        data = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise WireError(f"the request body is not JSON: {exc}") from None
+        data = json.loads(body, parse_constant=_no_constant)
+    except WireError:
+        raise
+    except RecursionError:
+        raise WireError("the request body is nested too deeply") from None
+    except json.JSONDecodeError as exc:
+        raise WireError(
+            f"the request body is not JSON (line {exc.lineno} column {exc.colno})"
+        ) from None
+    except (ValueError, UnicodeDecodeError):
+        raise WireError("the request body is not UTF-8 JSON") from None
     if not isinstance(data, dict):
         raise WireError("the request body must be a JSON object")
-    if data.get("protocol", PROTOCOL_VERSION) != PROTOCOL_VERSION:
-        raise WireError(f"protocol {data.get('protocol')!r} is not supported (1)")
+    unknown = sorted(k for k in data if k not in _REQUEST_KEYS)
+    if unknown:
+        raise WireError(f"unknown field(s) {_names(unknown)}; allowed: {sorted(_REQUEST_KEYS)}")
+    protocol = data.get("protocol", PROTOCOL_VERSION)
+    if not _is_int(protocol) or protocol != PROTOCOL_VERSION:
+        raise WireError(f"'protocol' must be {PROTOCOL_VERSION}")
     out: dict[str, Any] = {"layers": None, "identity": None}
     layers = data.get("layers")
     if layers is not None:
-        if not isinstance(layers, list) or not all(_is_int(x) for x in layers):
-            raise WireError("'layers' must be a list of integers")
+        if not isinstance(layers, list) or not all(_is_int(x) and 0 <= x < 1024 for x in layers):
+            raise WireError("'layers' must be a list of layer numbers (integers 0..1023)")
+        if len(set(layers)) != len(layers):
+            raise WireError("'layers' names a layer twice")
         out["layers"] = [int(x) for x in layers]
     identity = data.get("identity")
     if identity is not None:
-        if not isinstance(identity, dict):
-            raise WireError("'identity' must be an object")
-        out["identity"] = identity
+        out["identity"] = _identity(identity)
     if "texts" in data:
+        if "windows" in data or "n_texts" in data:
+            raise WireError("send either 'texts' or 'windows' with 'n_texts', not both")
         texts = data["texts"]
         if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
             raise WireError("'texts' must be a list of strings")
+        if lim.max_windows is not None and len(texts) > lim.max_windows:
+            raise WireTooLarge(f"the request carries {len(texts)} texts, above {lim.max_windows}")
         out["texts"] = texts
         return out
     n_texts, windows = data.get("n_texts"), data.get("windows")
@@ -131,22 +182,66 @@ def decode_request(body: bytes) -> dict[str, Any]:
         raise WireError("'n_texts' must be a non-negative integer")
     if not isinstance(windows, list):
         raise WireError("'windows' must be a list of [text, index, start, [token ids]]")
-    parsed = []
-    for w in windows:
-        if (
-            not isinstance(w, list)
-            or len(w) != 4
-            or not all(_is_int(x) for x in w[:3])
-            or not isinstance(w[3], list)
-            or not all(_is_int(x) and x >= 0 for x in w[3])
-        ):
-            raise WireError("each window must be [text, index, start, [token ids]]")
-        if not 0 <= w[0] < n_texts:
-            raise WireError(f"window text index {w[0]} is outside 0..{n_texts - 1}")
-        parsed.append((int(w[0]), int(w[1]), int(w[2]), w[3]))
+    if lim.max_windows is not None:
+        if len(windows) > lim.max_windows:
+            raise WireTooLarge(
+                f"the request carries {len(windows)} windows, above {lim.max_windows}"
+            )
+        if n_texts > lim.max_windows:
+            raise WireTooLarge(f"'n_texts' is {n_texts}, above {lim.max_windows}")
+    parsed = [_window(i, w, n_texts, lim) for i, w in enumerate(windows)]
     out["windows"] = parsed
     out["n_texts"] = int(n_texts)
     return out
+
+
+def _window(i: int, w: Any, n_texts: int, lim: RequestLimits) -> tuple[int, int, int, list[int]]:
+    shape = f"window {i} must be [text, index, start, [token ids]] of integers"
+    if not isinstance(w, list) or len(w) != 4 or not isinstance(w[3], list):
+        raise WireError(shape)
+    text, index, start, ids = w
+    if not all(_is_int(x) for x in (text, index, start)):
+        raise WireError(shape)
+    if not 0 <= text < n_texts:
+        raise WireError(f"window {i}: text index {text} is outside 0..{n_texts - 1} (n_texts)")
+    if not (0 <= index <= _MAX_INDEX and 0 <= start <= _MAX_INDEX):
+        raise WireError(f"window {i}: index and start must be in 0..{_MAX_INDEX}")
+    if lim.max_tokens is not None and len(ids) > lim.max_tokens:
+        raise WireError(
+            f"window {i} is longer than the server's max_tokens={lim.max_tokens} "
+            f"({len(ids)} tokens)"
+        )
+    top = lim.vocab_size if lim.vocab_size is not None else _MAX_INDEX + 1
+    for x in ids:
+        if not _is_int(x):
+            raise WireError(f"window {i}: token ids must be integers")
+        if not 0 <= x < top:
+            raise WireError(f"window {i}: token id {x} is outside the vocabulary (0..{top - 1})")
+    return int(text), int(index), int(start), ids
+
+
+def _identity(identity: Any) -> dict[str, Any]:
+    """``identity``: an object of at most 64 string keys whose values are scalars (``layers``:
+    a list of integers)."""
+    if not isinstance(identity, dict):
+        raise WireError("'identity' must be an object")
+    if len(identity) > _MAX_IDENTITY_KEYS:
+        raise WireError(f"'identity' has more than {_MAX_IDENTITY_KEYS} keys")
+    for key, value in identity.items():
+        if key == "layers":
+            if not isinstance(value, list) or not all(_is_int(x) for x in value):
+                raise WireError("'identity.layers' must be a list of integers")
+        elif value is not None and not isinstance(value, str | int | float | bool):
+            raise WireError(f"'identity.{key[:64]}' must be a string, number, boolean or null")
+    return identity
+
+
+def _names(keys: list[str]) -> str:
+    return ", ".join(repr(k[:32]) for k in keys[:5]) + (" ..." if len(keys) > 5 else "")
+
+
+def _no_constant(name: str) -> Any:
+    raise WireError(f"the request body holds {name}, which is not JSON")
 
 
 def _is_int(x: Any) -> bool:

@@ -14,16 +14,20 @@ import logging
 import threading
 import time
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..config import Settings, coerce_settings
 from ..errors import FirewallClosedError, OverloadError
 from ..model import wire
-from .service import EncodeService, Job, error_status, serving_model_settings
+from .service import EncodeService, Job, error_reply, serving_model_settings
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..integrations.auth import KeySet
 
 __all__ = [
     "ModelServer",
     "create_model_app",
+    "server_keys",
 ]
 
 
@@ -100,9 +104,10 @@ class ModelServer:
         self.started = time.time()
 
     def _run(self, jobs: list[Job]) -> list[Any]:
-        """The pool's batch function: one forward pass, timings noted on each job."""
+        """The pool's batch function: one forward pass, timings noted on each job. A failing
+        batch is retried request by request: only a request that fails alone gets its error."""
         t0 = time.perf_counter()
-        out = self.service.run(jobs)
+        out = self.service.run_each(jobs)
         t1 = time.perf_counter()
         for job in jobs:
             job.extra.update(started=t0, finished=t1, batch=len(jobs))
@@ -112,9 +117,18 @@ class ModelServer:
         self.metrics["batch_requests"].observe(items)
         self.metrics["batch_tokens"].observe(cost)
 
+    @property
+    def max_body_bytes(self) -> int:
+        """``model_server.max_body_bytes``, or what the largest valid request takes."""
+        return self.service.body_limit(self.settings.model_server.max_body_bytes)
+
     def describe(self) -> dict[str, Any]:
         ms = self.settings.model_server
-        return self.service.describe(max_batch_tokens=ms.max_batch_tokens, queue_size=ms.queue_size)
+        return self.service.describe(
+            max_batch_tokens=ms.max_batch_tokens,
+            queue_size=ms.queue_size,
+            max_body_bytes=self.max_body_bytes,
+        )
 
     def close(self, timeout: float = 10.0) -> None:
         self.pool.close(timeout)
@@ -135,8 +149,11 @@ def create_model_app(
     from starlette.responses import JSONResponse, Response
     from starlette.routing import Route
 
+    from ..integrations.asgi import receive_body
+
     settings = coerce_settings(settings)
-    timeout_s = settings.model_server.timeout_s
+    ms = settings.model_server
+    timeout_s = ms.timeout_s
     state: dict[str, ModelServer] = {}
 
     @contextlib.asynccontextmanager
@@ -150,9 +167,34 @@ def create_model_app(
                 with anyio.CancelScope(shield=True):
                     await anyio.to_thread.run_sync(srv.close)
 
-    def _error(status: int, code: str, message: str, retry_after: float | None = None) -> Response:
-        headers = {"retry-after": str(max(1, round(retry_after)))} if retry_after else None
+    def _error(
+        status: int, code: str, message: str, retry_after: float | None = None, close: bool = False
+    ) -> Response:
+        headers = {"retry-after": str(max(1, round(retry_after)))} if retry_after else {}
+        if close:  # the body was not read whole: end the connection after the answer
+            headers["connection"] = "close"
         return Response(wire.error_body(code, message), status, headers, wire.JSON_TYPE)
+
+    async def read_body(request: Request, srv: ModelServer) -> bytes | Response:
+        """The body, or a 413/408 answer: a body above the limit is never read whole (a
+        declared Content-Length above it is refused before reading any of it)."""
+        limit = srv.max_body_bytes
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            return _error(413, "input_too_large", f"the body is above {limit} bytes", close=True)
+        got = await receive_body(request.receive, max_bytes=limit, timeout_s=ms.body_timeout_s)
+        if got.outcome == "ok":
+            return got.data
+        if got.outcome == "too_large":
+            return _error(413, "input_too_large", f"the body is above {limit} bytes", close=True)
+        if got.outcome == "timeout":
+            return _error(
+                408,
+                "request_timeout",
+                f"the body did not arrive within {ms.body_timeout_s:g} s",
+                close=True,
+            )
+        return Response(status_code=400)  # the client is gone: nobody reads this
 
     async def describe(request: Request) -> Response:
         return JSONResponse(state["server"].describe())
@@ -164,7 +206,10 @@ def create_model_app(
         srv = state["server"]
         m = srv.metrics
         t0 = time.perf_counter()
-        body = await request.body()
+        body = await read_body(request, srv)
+        if isinstance(body, Response):
+            m["requests"].labels(status=str(body.status_code)).inc()
+            return body
         try:
             job = (
                 srv.service.parse(body)
@@ -200,11 +245,9 @@ def create_model_app(
             m["requests"].labels(status="503").inc()
             return _error(503, exc.code, str(exc), retry_after=1.0)
         except Exception as exc:
-            status, code = error_status(exc)
-            if status >= 500:
-                log.error("encode failed: %s: %s", type(exc).__name__, exc)
+            status, code, message = error_reply(exc)
             m["requests"].labels(status=str(status)).inc()
-            return _error(status, code, f"{type(exc).__name__}: {exc}")
+            return _error(status, code, message)
         finally:
             m["queue"].set(srv.pool.queue_depth())
         m["requests"].labels(status="200").inc()
@@ -239,7 +282,29 @@ def create_model_app(
         Route("/healthz", healthz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
     ]
-    return Starlette(routes=routes, lifespan=lifespan)
+    app = Starlette(routes=routes, lifespan=lifespan)
+    keys = server_keys(settings)
+    if not keys:
+        return app
+    from ..integrations.auth import RequireKey
+
+    # /healthz stays open for load balancers (it says no more than the model's name).
+    return RequireKey(
+        app,
+        keys,
+        protect=lambda scope: scope.get("path") != "/healthz",
+        body_timeout_s=ms.body_timeout_s,
+        discard_bytes=64 * 1024,
+    )
+
+
+def server_keys(settings: Settings) -> KeySet:
+    """The :class:`~alknet_firewall.integrations.auth.KeySet` of ``model_server.keys`` plus
+    ``model_server.keys_file`` (empty: no key needed)."""
+    from ..integrations.auth import key_set
+
+    ms = settings.model_server
+    return key_set(ms.keys, ms.keys_file, "model_server.keys")
 
 
 def _empty(job: Job, feature_size: int) -> Any:

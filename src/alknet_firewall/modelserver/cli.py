@@ -8,6 +8,7 @@ from typing import Any
 
 __all__ = [
     "add_model_serve_command",
+    "check_exposure",
     "cmd_model_serve",
 ]
 
@@ -68,8 +69,30 @@ def _settings(args: argparse.Namespace) -> Any:
     return settings.merged(**changes)
 
 
+def check_exposure(settings: Any, host: str) -> None:
+    """Refuse to share the model beyond this machine without keys: anyone who reaches it
+    could use it (and load it) unless ``model_server.allow_anonymous`` says another layer
+    authenticates clients."""
+    from ..errors import ConfigurationError
+    from ..integrations.gateway import _is_loopback
+    from .app import server_keys
+
+    ms = settings.model_server
+    if ms.allow_anonymous or _is_loopback(host) or server_keys(settings):
+        return
+    raise ConfigurationError(
+        f"refusing to serve the model on {host} without keys: anyone who reaches it could use "
+        "it. Set model_server.keys (or model_server.keys_file; clients send model.backend_key), "
+        "bind 127.0.0.1, or set model_server.allow_anonymous: true if another layer "
+        "authenticates clients"
+    )
+
+
 def cmd_model_serve(args: argparse.Namespace) -> int:
     settings = _settings(args)
+    # Before the model loads: a refused start costs nothing.
+    host = settings.ray.http_host if args.engine == "ray" else settings.model_server.host
+    check_exposure(settings, host)
     if args.engine == "ray":
         from .ray_serve import serve_forever
 

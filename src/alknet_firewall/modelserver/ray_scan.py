@@ -137,12 +137,9 @@ def scan(
     )
     started = False
     if not ray.is_initialized():
-        kwargs: dict[str, Any] = {"include_dashboard": False}
-        if r.address:
-            kwargs["address"] = r.address
-        else:
-            kwargs["object_store_memory"] = r.object_store_memory or 512 * 1024 * 1024
-        ray.init(**kwargs)
+        from .ray_init import init_ray
+
+        init_ray(r)
         started = True
     try:
         n_actors, cpus = _fit_actors(actors or r.scan_actors, r.scan_cpus_per_actor, r)

@@ -25,9 +25,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from ..config import Settings
-from ..errors import BadInputError
+from ..errors import InputTooLargeError
 from ..model import wire
-from .service import EncodeService, Job, error_status, serving_model_settings
+from .service import EncodeService, Job, error_reply, serving_model_settings
 
 __all__ = [
     "APP_NAME",
@@ -66,6 +66,10 @@ class ModelDeployment:
             model, max_request_windows=self.settings.model_server.max_request_windows
         )
         self.max_tokens = r.max_batch_size
+        from .app import server_keys
+
+        self.keys = server_keys(self.settings)
+        self.max_body_bytes = self.service.body_limit(self.settings.model_server.max_body_bytes)
         self._encode_batch.set_max_batch_size(r.max_batch_size)
         self._encode_batch.set_batch_wait_timeout_s(r.batch_wait_timeout_s)
         self.batches = 0
@@ -77,11 +81,10 @@ class ModelDeployment:
         self.batches += 1
         self.batched_requests += len(jobs)
         self.max_batch_requests = max(self.max_batch_requests, len(jobs))
-        try:
-            feats = await asyncio.to_thread(self.service.run, jobs)
-        except Exception as exc:  # every request of the batch gets the error
-            return [exc] * len(jobs)
-        return [(f, len(jobs)) for f in feats]
+        # A failing batch is retried request by request: only a request that fails alone
+        # gets its error, never the other clients' requests batched with it.
+        out = await asyncio.to_thread(self.service.run_each, jobs)
+        return [f if isinstance(f, BaseException) else (f, len(jobs)) for f in out]
 
     async def _encode(self, job: Job) -> Any:
         if job.tokens > self.max_tokens:
@@ -94,6 +97,13 @@ class ModelDeployment:
 
     async def __call__(self, request: Request) -> Response:
         path = request.url.path.rstrip("/")
+        if self.keys and not path.endswith("/healthz") and not self.keys.allows(request.scope):
+            body = wire.error_body(
+                "invalid_api_key",
+                "send 'Authorization: Bearer <key>' with one of model_server.keys "
+                "(model.backend_key on the screening side)",
+            )
+            return Response(body, 401, media_type=wire.JSON_TYPE)
         if request.method == "GET":
             if path.endswith(wire.DESCRIBE_PATH):
                 return JSONResponse(
@@ -116,7 +126,10 @@ class ModelDeployment:
         if request.method == "POST" and path.endswith(wire.ENCODE_PATH):
             t0 = time.perf_counter()
             try:
-                job = self.service.parse(await request.body())
+                raw = await request.body()
+                if len(raw) > self.max_body_bytes:
+                    raise InputTooLargeError(f"the body is above {self.max_body_bytes} bytes")
+                job = self.service.parse(raw)
             except Exception as exc:
                 return _error(exc)
             result = await self._encode(job)
@@ -130,8 +143,7 @@ class ModelDeployment:
                 batch_requests=batch,
             )
             return Response(body, media_type=wire.CONTENT_TYPE)
-        exc = BadInputError(f"no route {request.method} {path}")
-        body = wire.error_body(exc.code, f"{type(exc).__name__}: {exc}")
+        body = wire.error_body("not_found", f"no route {request.method} {path[:200]}")
         return Response(body, 404, media_type=wire.JSON_TYPE)
 
 
@@ -143,12 +155,8 @@ def _replica_id() -> str | None:
 
 
 def _error(exc: BaseException) -> Response:
-    status, code = error_status(exc)
-    if status >= 500:
-        log.error("encode failed: %s: %s", type(exc).__name__, exc)
-    return Response(
-        wire.error_body(code, f"{type(exc).__name__}: {exc}"), status, media_type=wire.JSON_TYPE
-    )
+    status, code, message = error_reply(exc)
+    return Response(wire.error_body(code, message), status, media_type=wire.JSON_TYPE)
 
 
 def build_app(settings: Settings) -> Any:
@@ -176,12 +184,9 @@ def start(settings: Settings, *, init: bool = True) -> Any:
 
     r = settings.ray
     if init and not ray.is_initialized():
-        kwargs: dict[str, Any] = {"include_dashboard": False}
-        if r.address:
-            kwargs["address"] = r.address
-        else:
-            kwargs["object_store_memory"] = r.object_store_memory or 512 * 1024 * 1024
-        ray.init(**kwargs)
+        from .ray_init import init_ray
+
+        init_ray(r)
     serve.start(http_options={"host": r.http_host, "port": r.http_port})
     return serve.run(build_app(settings), name=APP_NAME, route_prefix="/")
 

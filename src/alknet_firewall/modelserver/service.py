@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,9 +24,11 @@ from ..model.base import IDENTITY_KEYS, READING_KEYS
 __all__ = [
     "EncodeService",
     "Job",
+    "error_reply",
     "error_status",
     "serving_model_settings",
     "tokenizer_json",
+    "vocab_size",
 ]
 
 
@@ -89,21 +92,43 @@ class EncodeService:
         self.tokenizer_digest = "sha256:" + hashlib.sha256(self.tokenizer).hexdigest()
         # Template tokens around every window: part of each window's forward cost.
         self._overhead = len(getattr(model, "_prefix", ())) + len(getattr(model, "_suffix", ()))
+        size = model.max_tokens if hasattr(model, "max_tokens") else None
+        self.limits = wire.RequestLimits(
+            max_windows=max_request_windows,
+            max_tokens=int(size or model.settings.max_tokens),
+            vocab_size=vocab_size(model),
+        )
 
     def describe(self, **limits: Any) -> dict[str, Any]:
         return {
             "protocol": wire.PROTOCOL_VERSION,
             "identity": self.identity,
             "tokenizer": {"path": wire.TOKENIZER_PATH, "sha256": self.tokenizer_digest},
-            "limits": {"max_request_windows": self.max_request_windows, **limits},
+            "limits": {
+                "max_request_windows": self.max_request_windows,
+                "vocab_size": self.limits.vocab_size,
+                **limits,
+            },
         }
+
+    def body_limit(self, configured: int | None = None) -> int:
+        """Bytes an encode body may have: ``configured`` (``model_server.max_body_bytes``), or
+        what the largest valid request takes (every window full, each token id at most 7
+        digits and a separator, 64 bytes per window around them) plus 64 KiB."""
+        if configured is not None:
+            return configured
+        tokens = self.limits.max_tokens or 0
+        return self.max_request_windows * (tokens * 8 + 64) + 64 * 1024
 
     # -- requests ------------------------------------------------------------------------------
     def parse(self, body: bytes) -> Job:
         """A validated job, or BadInputError (400), InputTooLargeError (413),
-        CodebookMismatchError (409)."""
+        CodebookMismatchError (409). Every field is checked here, before the job may share a
+        forward batch with other clients' jobs (token ids within the vocabulary included)."""
         try:
-            req = wire.decode_request(body)
+            req = wire.decode_request(body, self.limits)
+        except wire.WireTooLarge as exc:
+            raise InputTooLargeError(str(exc)) from None
         except wire.WireError as exc:
             raise BadInputError(str(exc)) from None
         if req["identity"]:
@@ -127,10 +152,6 @@ class EncodeService:
             raise InputTooLargeError(
                 f"the request carries {len(wins)} windows, above {self.max_request_windows}"
             )
-        size = self.model.max_tokens if hasattr(self.model, "max_tokens") else None
-        size = size or self.model.settings.max_tokens
-        if any(len(w.content) > size for w in wins):
-            raise BadInputError(f"a window is longer than the server's max_tokens={size}")
         tokens = sum(len(w.content) + self._overhead for w in wins)
         return Job(wins, n_texts, layers, tokens=max(1, tokens))
 
@@ -150,6 +171,28 @@ class EncodeService:
             for job, start in zip(jobs, offsets, strict=True)
         ]
 
+    def run_each(self, jobs: list[Job]) -> list[WindowFeatures | Exception]:
+        """:meth:`run`, isolating failures: when the shared forward pass raises, each job runs
+        again alone, so only a job that fails on its own gets an error (its exception, in its
+        place); the others get their features. One bad request never fails another client's."""
+        try:
+            return list(self.run(jobs))
+        except Exception as exc:
+            if len(jobs) == 1:
+                return [exc]
+            log.warning(
+                "a forward batch of %d requests failed (%s); running each alone",
+                len(jobs),
+                type(exc).__name__,
+            )
+        out: list[WindowFeatures | Exception] = []
+        for job in jobs:
+            try:
+                out.append(self.run([job])[0])
+            except Exception as exc:
+                out.append(exc)
+        return out
+
     def body(self, feats: WindowFeatures, job: Job, **extra: Any) -> bytes:
         return wire.encode_features(feats, job.layers, **extra)
 
@@ -167,6 +210,27 @@ def _slice(feats: WindowFeatures, start: int, n: int, layers: list[int]) -> Wind
     )
 
 
+def vocab_size(model: Any) -> int | None:
+    """Token ids the model can embed (its embedding rows; else its tokenizer's size), or
+    ``None`` when the model does not say (then ids are only checked to be non-negative)."""
+    own = getattr(model, "vocab_size", None)
+    if isinstance(own, int):
+        return own
+    torch_model = getattr(model, "_model", None)
+    embeddings = getattr(torch_model, "get_input_embeddings", None)
+    if callable(embeddings):
+        rows = getattr(embeddings(), "num_embeddings", None)
+        if isinstance(rows, int):
+            return rows
+    tok = getattr(model, "tokenizer", None)
+    size = getattr(tok, "get_vocab_size", None)
+    if callable(size):  # tokenizers.Tokenizer (the ONNX backend)
+        return int(size(with_added_tokens=True))
+    if tok is not None and hasattr(tok, "__len__"):  # a transformers tokenizer
+        return len(tok)
+    return None
+
+
 def error_status(exc: BaseException) -> tuple[int, str]:
     """HTTP status and error code of an exception from parse/run."""
     from ..errors import FirewallError, OverloadError
@@ -180,3 +244,15 @@ def error_status(exc: BaseException) -> tuple[int, str]:
     if isinstance(exc, FirewallError):
         return 500, exc.code
     return 500, "internal_error"
+
+
+def error_reply(exc: BaseException) -> tuple[int, str, str]:
+    """Status, code and message of an error answer. A 4xx carries the message of one of our
+    own checks; a 5xx never carries exception text (it may name internals): a generic message
+    and a reference that the server's log has, with the detail."""
+    status, code = error_status(exc)
+    if status < 500:
+        return status, code, str(exc)
+    ref = uuid.uuid4().hex[:12]
+    log.error("encode failed (ref %s): %s: %s", ref, type(exc).__name__, exc)
+    return status, code, f"the model failed on this request (ref {ref} in the server log)"

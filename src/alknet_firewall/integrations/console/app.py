@@ -179,11 +179,16 @@ def stats(fw: Firewall) -> dict[str, Any]:
 
 
 def recent(fw: Firewall, limit: int, *, show_text: bool) -> list[dict[str, Any]]:
+    """The newest records. Records of the try box (``source: console``) carry no digest: a
+    digest of a text the operator chose, comparable with traffic digests, would let anyone
+    with the console confirm a guess of a short message (a PIN) someone else sent."""
     out = []
     for r in fw.recorder.recent(limit):
         d = r.to_dict()
         if not show_text:
             d.pop("text", None)
+        if d.get("source") == "console":
+            d["digest"] = None
         out.append(d)
     return out
 
@@ -218,11 +223,10 @@ async def screen(fw: Firewall, data: Any, policy: str | None) -> dict[str, Any]:
             "seam": seam,
             "span": hl,
         }
-    return {
-        "verdict": verdict.to_dict(),
-        "record": cap.record.to_dict() if cap.record is not None else None,
-        "highlight": hl,
-    }
+    record = cap.record.to_dict() if cap.record is not None else None
+    if record is not None:
+        record["digest"] = None  # never comparable with traffic digests (see recent())
+    return {"verdict": verdict.to_dict(), "record": record, "highlight": hl}
 
 
 # --------------------------------------------------------------------------------------------
@@ -388,6 +392,9 @@ def console_app(
             return unauthorized()
         if not same_origin(request):
             return error(403, "Cross-site request refused.", "forbidden")
+        media = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+        if media != "application/json":
+            return error(415, "Send the body as application/json.", "unsupported_media_type")
         fw = firewall_or_503(request)
         if isinstance(fw, Response):
             return fw
@@ -432,24 +439,30 @@ def console_app(
 
 
 def gateway_authorizer(server: Any) -> Authorizer:
-    """The gateway's rule: a key of ``server.admin_keys`` (else of the client keys); with no
-    keys configured at all, loopback clients only."""
-    from ..auth import admin_keys
+    """The gateway's rule: a key of ``server.admin_keys``. A client key never opens the
+    console (a client could read others' verdicts and try texts against them). With no keys
+    configured at all, loopback clients only (the address :mod:`..edge` resolved, so that a
+    same-host proxy does not make everyone loopback); with client keys but no admin keys, no
+    one."""
+    from ..auth import admin_keys, client_keys
 
     keys = admin_keys(server)
     if keys:
         return lambda request: keys.allows(request.scope)
+    if client_keys(server):
+        return _nobody
     return _loopback_only
 
 
-def _loopback_only(request: Request) -> bool:
-    import ipaddress
+def _nobody(request: Request) -> bool:
+    return False
 
-    host = request.client.host if request.client else ""
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+
+def _loopback_only(request: Request) -> bool:
+    from ..edge import client_address, is_loopback
+
+    host = client_address(request.scope)
+    return host is not None and host != "localhost" and is_loopback(host)
 
 
 def gateway_console(server: Any, firewall: Firewall | None = None) -> Starlette:

@@ -11,8 +11,8 @@ from fastapi import HTTPException
 from litellm.integrations.custom_guardrail import CustomGuardrail
 from litellm.types.guardrails import GuardrailEventHooks
 from litellm.types.proxy.guardrails.guardrail_hooks.base import GuardrailConfigModel
-from litellm.types.utils import CallTypes
 
+from ... import telemetry
 from ...config import PolicySettings, Settings
 from ...errors import BadInputError, FirewallClosedError, FirewallError, OverloadError
 from ...firewall import Firewall
@@ -44,6 +44,10 @@ _SUPPORTED_HOOKS = [
     GuardrailEventHooks.post_call,
     GuardrailEventHooks.logging_only,
 ]
+
+
+#: Call types whose unscreenable input (token ids) is let through unscreened: embeddings.
+_UNSCREENED_CALLS = frozenset({"embedding", "aembedding"})
 
 
 class AlknetFirewallConfigModel(AlknetGuardrailConfigModel, GuardrailConfigModel):  # type: ignore[misc]
@@ -182,15 +186,11 @@ class AlknetFirewallGuardrail(CustomGuardrail):
         may_block = may_block and not self.never_blocks(policy)
         try:
             fw = await self.firewall()
-            verdict = await fw.ascreen(subject, policy=policy)
+            # LiteLLM's "otel" callback passes the request's span: screen under it.
+            with telemetry.under_span(getattr(user_api_key_dict, "parent_otel_span", None)):
+                verdict = await fw.ascreen(subject, policy=policy)
         except (BadInputError, OverloadError, FirewallClosedError) as exc:
-            self._record_error(data, exc, policy, source, event_type, t0)
-            if not may_block:  # pass, flagged, with the error in the headers
-                flagged = Verdict.failed(exc, policy, fail_mode="open")
-                remember(data, flagged.to_dict())
-                return flagged
-            reply = openai_errors.from_exception(exc)
-            raise self._http_exception(reply) from None
+            return self._refuse(data, exc, policy, source, event_type, t0, may_block=may_block)
         except Exception as exc:  # construction failure, unknown policy: the fail mode decides
             log.error("alknet-firewall could not screen (%s): %s", policy, exc)
             verdict = self._fail_verdict(exc, policy)
@@ -198,6 +198,26 @@ class AlknetFirewallGuardrail(CustomGuardrail):
         if verdict.blocked and may_block:
             raise self._http_exception(openai_errors.blocked(verdict), verdict)
         return verdict
+
+    def _refuse(
+        self,
+        data: dict[str, Any],
+        exc: FirewallError,
+        policy: str,
+        source: PolicySource,
+        event_type: GuardrailEventHooks | None,
+        t0: float,
+        *,
+        may_block: bool,
+    ) -> Verdict:
+        """A request the firewall refused to screen (bad input, overload, closed): recorded,
+        then ``HTTPException``, or (``may_block=False``) passed, flagged, with the error."""
+        self._record_error(data, exc, policy, source, event_type, t0)
+        if not may_block:
+            flagged = Verdict.failed(exc, policy, fail_mode="open")
+            remember(data, flagged.to_dict())
+            return flagged
+        raise self._http_exception(openai_errors.from_exception(exc)) from None
 
     def _http_exception(
         self, reply: openai_errors.ErrorReply, verdict: Verdict | None = None
@@ -305,17 +325,6 @@ class AlknetFirewallGuardrail(CustomGuardrail):
             extra={"guardrail": self.guardrail_name, "error_code": exc.code, "policy": policy},
         )
 
-    def _request_subject(
-        self, data: dict[str, Any], call_type: str | None
-    ) -> list[Mapping[str, Any]] | None:
-        messages = None
-        if call_type:
-            try:
-                messages = self.get_guardrails_messages_for_call_type(CallTypes(call_type), data)
-            except ValueError:
-                messages = None
-        return request_subject(data, messages)
-
     def _not_run(self, data: dict[str, Any], why: str, event_type: GuardrailEventHooks) -> None:
         self.add_standard_logging_guardrail_information_to_request_data(
             guardrail_json_response=why,
@@ -332,9 +341,20 @@ class AlknetFirewallGuardrail(CustomGuardrail):
         call_type: Any,
         event_type: GuardrailEventHooks,
     ) -> None:
-        """The request's messages, screened before (``pre_call``) or beside (``during_call``)
-        the model call: one path for both hooks."""
-        subject = self._request_subject(data, call_type)
+        """Every text field of the request (:func:`.subjects.request_subject`), screened before
+        (``pre_call``) or beside (``during_call``) the model call: one path for both hooks."""
+        t0 = time.time()
+        try:
+            subject = request_subject(data)
+        except BadInputError as exc:
+            if str(getattr(call_type, "value", call_type)) in _UNSCREENED_CALLS:
+                # token ids for an embedding: nothing a model follows as instructions
+                self._not_run(data, f"nothing to screen for {call_type}: {exc}", event_type)
+                return
+            policy, source = self.select_policy(user_api_key_dict, data)
+            may_block = not self.never_blocks(policy)
+            self._refuse(data, exc, policy, source, event_type, t0, may_block=may_block)
+            return
         if subject is None:
             self._not_run(data, f"no messages to screen for {call_type}", event_type)
             return

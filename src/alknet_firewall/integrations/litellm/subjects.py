@@ -1,5 +1,5 @@
-"""What each hook screens: the request's messages (chat, Responses API converted by LiteLLM,
-string ``prompt``/``input``), the answer of a chat completion. Imports no litellm."""
+"""What each hook screens: every text field of the request (the core's request-content
+extractor), the answer of a chat completion. Imports no litellm."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ...messages import tool_call_arguments
+from ...request_content import extract_request
 
 __all__ = ["request_subject", "response_text", "user_text_messages"]
 
@@ -38,20 +39,10 @@ def response_text(response: Any) -> str | None:
     return text or None
 
 
-def request_subject(
-    data: Mapping[str, Any], messages: Any = None
-) -> list[Mapping[str, Any]] | None:
-    """The messages to screen for a request: ``messages`` (what LiteLLM extracted for the call
-    type), else the body's ``messages``, else a string ``prompt``/``input`` (or a list of
-    strings) as user messages; None when there is nothing to screen."""
-    if messages is None:
-        messages = data.get("messages")
-    if isinstance(messages, list):
-        return messages
-    for key in ("prompt", "input"):
-        value = data.get(key)
-        if isinstance(value, str):
-            return user_text_messages([value])
-        if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
-            return user_text_messages(value)
-    return None
+def request_subject(data: Mapping[str, Any]) -> list[dict[str, Any]] | None:
+    """The messages to screen for a request: every field of the body that reaches the model as
+    text (:func:`alknet_firewall.request_content.extract_request`: messages, prompt, suffix,
+    input items, instructions, tool definitions...), whatever the call type; None when there is
+    nothing to screen. Raises :class:`BadInputError` for a body that cannot be screened."""
+    messages = extract_request(data).messages
+    return messages or None
