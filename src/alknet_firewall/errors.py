@@ -117,6 +117,8 @@ class FirewallClosedError(FirewallError):
 
 
 __all__ = [
+    "TORCH_CPU_INDEX",
+    "TORCH_PIN",
     "BadInputError",
     "CodebookError",
     "CodebookMismatchError",
@@ -131,8 +133,37 @@ __all__ = [
     "OverloadError",
     "ScreenTimeoutError",
     "UnknownPolicyError",
+    "install_hint",
+    "onnx_alternative",
     "require",
 ]
+
+
+#: The torch build the project is tested with; every install hint recommends this one.
+TORCH_PIN = "torch==2.13.0"
+#: Where Linux users get the CPU build of that torch (PyPI's Linux torch is the CUDA build).
+TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
+#: The model runtime's modules: without them, the torch-free ONNX backend is the alternative.
+_TORCH_MODULES = frozenset({"torch", "transformers", "accelerate", "gguf"})
+
+
+def install_hint(extra: str) -> str:
+    """The pip command that installs ``alknet-firewall[extra]`` (with the pinned torch)."""
+    if extra == "torch":
+        return (
+            f"python -m pip install 'alknet-firewall[torch]' {TORCH_PIN} (Linux without a GPU: "
+            f"first python -m pip install {TORCH_PIN} --index-url {TORCH_CPU_INDEX})"
+        )
+    return f"python -m pip install 'alknet-firewall[{extra}]'"
+
+
+def onnx_alternative() -> str:
+    """How to screen without torch (for messages about a missing torch or model)."""
+    return (
+        "Without torch, screen with an ONNX export instead: model.backend: onnx and "
+        "model.onnx_path (python -m pip install 'alknet-firewall[onnx]'; build the export "
+        "once where torch is installed with `alknet-firewall model prepare --format onnx`)"
+    )
 
 
 def require(module: str, extra: str = "torch") -> None:
@@ -140,8 +171,8 @@ def require(module: str, extra: str = "torch") -> None:
     try:
         importlib.import_module(module)
     except ImportError as exc:  # pragma: no cover - exercised when the extra is missing
+        alternative = f". {onnx_alternative()}" if module in _TORCH_MODULES else ""
         raise DependencyMissingError(
             f"{module} is required for this feature but is not installed. "
-            f"Install it with: pip install 'alknet-firewall[{extra}]' "
-            f"(for a CPU-only torch: pip install torch --index-url https://download.pytorch.org/whl/cpu)"
+            f"Install it with: {install_hint(extra)}{alternative}."
         ) from exc

@@ -1,6 +1,7 @@
 """The alarm protocol: :class:`Verdict`, the firewall's answer for one request.
 
-JSON schema: ``docs/verdict.schema.json``; the vocabulary (levels, actions, signals) is defined
+JSON schema: ``alknet_firewall/data/verdict.schema.json`` in the package (a copy of the
+repository's ``docs/verdict.schema.json``); the vocabulary (levels, actions, signals) is defined
 once in :mod:`alknet_firewall.constants`.
 """
 
@@ -25,7 +26,7 @@ def error_code(exc: BaseException) -> str:
 
 @dataclass(frozen=True)
 class Verdict:
-    """The firewall's answer for one request. JSON schema: ``docs/verdict.schema.json``."""
+    """The firewall's answer for one request. JSON schema: ``data/verdict.schema.json``."""
 
     action: Action
     level: Level

@@ -185,15 +185,19 @@ def test_settings_from_params_and_config_file(tmp_path: Path) -> None:
         "pool: {workers: 1}\npolicies:\n  default: {}\n  strict:\n"
         "    actions: {clear: allow, notice: flag, warning: block, critical: block}\n"
     )
+    codebook = tmp_path / "cb.safetensors"  # a real codebook: the proxy checks it at start
+    codebook.write_bytes(
+        (REPO / "src/alknet_firewall/data/default_codebook.safetensors").read_bytes()
+    )
     g = guardrail(
         config_path=str(cfg),
-        codebook="/x/cb.safetensors",
+        codebook=str(codebook),
         policy="strict",
         monitor=True,
         firewall_settings={"pool": {"queue_size": 7}},
     )
     s = g.settings()
-    assert str(s.detection.codebook) == "/x/cb.safetensors"
+    assert s.detection.codebook == codebook
     assert (s.pool.workers, s.pool.queue_size) == (1, 7)
     assert s.default_policy == "strict"
     assert s.policies["strict"].actions["notice"] == "flag"
@@ -535,7 +539,11 @@ def test_firewall_that_cannot_load_follows_the_fail_mode(fail_mode: str, blocks:
             pre_call(g, data)
         assert ei.value.status_code == 503
         assert ei.value.detail["verdict"]["error_code"] == "model_not_found"
-        assert ei.value.headers["retry-after"] == "1"
+        # permanent: no Retry-After, and the message says what is wrong instead of "retry later"
+        assert "retry-after" not in ei.value.headers
+        assert "Retrying cannot help" in ei.value.detail["error"], ei.value.detail
+        assert "model is not installed" in ei.value.detail["error"]
+        assert "no model files" not in str(ei.value.detail)  # the text stays in the log
     else:
         assert pre_call(g, data) is None
     [info] = logged(data)

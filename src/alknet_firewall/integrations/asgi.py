@@ -411,7 +411,7 @@ class _ScreeningResponder:
             fw = (scope.get("state") or {}).get(STATE_FIREWALL)
             if fw is None:
                 log.error("no firewall: pass one or put it in the lifespan state")
-                return openai_errors.firewall_unavailable()
+                return openai_errors.firewall_not_configured()
         name, source = None, "default"
         try:
             content = extract_request(data)

@@ -57,6 +57,7 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = [
     "BLOCKED_CODE",
     "INVALID_REQUEST",
+    "PERMANENT_CODES",
     "RATE_LIMIT",
     "SERVER_ERROR",
     "ASGISend",
@@ -65,6 +66,7 @@ __all__ = [
     "body_too_large",
     "cross_site",
     "error_body",
+    "firewall_not_configured",
     "firewall_unavailable",
     "from_exception",
     "invalid_json",
@@ -152,6 +154,17 @@ def error_body(
     return {"error": err}
 
 
+#: Verdict error codes that retrying cannot fix (an installation or configuration problem) and
+#: what each means: their 503 says so and carries no Retry-After (the details stay in the log).
+PERMANENT_CODES: dict[str, str] = {
+    "model_not_found": "the firewall's activation model is not installed",
+    "dependency_missing": "a package the firewall needs (torch or onnxruntime) is not installed",
+    "codebook_error": "the firewall's codebook cannot be read",
+    "codebook_mismatch": "the firewall's codebook does not match its model",
+    "configuration_error": "the firewall's settings are invalid",
+}
+
+
 def _type_for(status: int) -> str:
     if status == 429:
         return RATE_LIMIT
@@ -166,7 +179,8 @@ def blocked(verdict: Verdict, status: int = 400) -> ErrorReply:
     """The reply to a request whose verdict is ``block``.
 
     A fail-closed verdict (screening failed, ``verdict.error_code`` set) is not the client's
-    fault: it answers 503 so that clients retry, with the verdict's error code. The error's
+    fault: it answers 503 with the verdict's error code, and ``Retry-After`` unless retrying
+    cannot help (:data:`PERMANENT_CODES`: the message says what is wrong). The error's
     text (model server URLs, paths, library internals) is logged, never sent: the client's
     verdict carries the code in its ``error`` field.
     """
@@ -177,12 +191,21 @@ def blocked(verdict: Verdict, status: int = 400) -> ErrorReply:
             verdict.policy,
             verdict.error,
         )
+        what = PERMANENT_CODES.get(verdict.error_code)
         msg = (
             f"Request not forwarded: screening failed ({verdict.error_code}) and the "
-            f"policy {verdict.policy!r} fails closed. Retry later."
+            f"policy {verdict.policy!r} fails closed. "
+            + (
+                f"Retrying cannot help: {what}; the firewall's operator must fix this (the "
+                "server's log says how)."
+                if what
+                else "Retry later."
+            )
         )
         body = error_body(msg, type=SERVER_ERROR, code=verdict.error_code, verdict=verdict)
         body["error"]["verdict"]["error"] = verdict.error_code
+        if what:
+            return ErrorReply(503, body, _verdict_headers(verdict))
         return ErrorReply(503, body, {"retry-after": "1", **_verdict_headers(verdict)})
     where = f" in message {verdict.message_index}" if verdict.message_index is not None else ""
     msg = (
@@ -270,6 +293,18 @@ def firewall_unavailable() -> ErrorReply:
         code="firewall_unavailable",
     )
     return ErrorReply(503, body, {"retry-after": "1"})
+
+
+def firewall_not_configured() -> ErrorReply:
+    """500: the middleware has no firewall to screen with (a set-up mistake; no retry helps)."""
+    body = error_body(
+        "The firewall is not configured; the request was not forwarded. The application must "
+        "pass FirewallMiddleware(firewall=Firewall.from_config()) or put the firewall in its "
+        "lifespan state under 'alknet_firewall'.",
+        type=SERVER_ERROR,
+        code="firewall_not_configured",
+    )
+    return ErrorReply(500, body)
 
 
 def upstream_unreachable(detail: str) -> ErrorReply:

