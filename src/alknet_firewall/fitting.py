@@ -341,9 +341,9 @@ def calibrate(
     threshold is the highest of the per-style thresholds (styles with at least
     ``min_style_texts`` texts) and the overall one, so the target rate holds for every style,
     not only on average; the observed rate per style is recorded. ``style_rate_factor``
-    tolerates a multiple of the target rate for some styles (the default build: 5× for
+    tolerates a multiple of the target rate for some styles (the default build: 3× for
     benign-but-suspicious styles — role-play, system prompts, look-alikes — whose tolerated
-    false-alarm rate is 5 % against 1 % for ordinary traffic).
+    false-alarm rate is 3 % against 1 % for ordinary traffic).
 
     With ``texts`` (the benign texts themselves, in feature order), each calibration group
     (``scoring.text_context``: short texts, language groups) with at least

@@ -85,10 +85,10 @@ STYLE_OF_SOURCE: dict[str, str] = {
     "xquad": "documents",
 }
 BENIGN_STYLES = tuple(sorted(set(STYLE_OF_SOURCE.values())))
-#: Benign but superficially suspicious styles: their tolerated false-alarm rate is 5 % where
+#: Benign but superficially suspicious styles: their tolerated false-alarm rate is 3 % where
 #: ordinary traffic's is 1 % (the calibration factor the default build uses).
 SUSPICIOUS_STYLES = ("lookalike", "roleplay", "system_prompt")
-SUSPICIOUS_RATE_FACTOR = 5.0
+SUSPICIOUS_RATE_FACTOR = 3.0
 
 #: Per-source caps of the stratified selection where the default (``benign_cap``) is wrong:
 #: short replies and short real requests are cheap and the style most often hurt; texts in
@@ -102,7 +102,7 @@ SOURCE_CAPS: dict[str, int] = {
     "multijail": 235,
     "agentdojo": 500,
     "bipia": 400,
-    "tensor_trust_extraction": 430,
+    "tensor_trust": 600,  # hijacking and extraction (one source in the corpus)
 }
 
 #: Benign texts that stand in for the data a tool returns (short, several styles).
