@@ -230,7 +230,7 @@ def main() -> int:
         composite[idx] = scored.composite
         fold_of[idx] = k
         for pos, (j, sc) in enumerate(zip(idx, scored.texts, strict=True)):
-            s = min(float(scored.composite[pos]), 1.0)
+            s = float(scored.composite[pos])  # unclipped, as the firewall reads it
             if variant["groups"]:
                 a = adjust(cb, s, contexts[j])
             else:
@@ -238,7 +238,8 @@ def main() -> int:
                 if a.notes:  # the v2 rule: one level lower
                     lvl = LEVELS.index(level_for(s, cb.thresholds))
                     a = type(a)(s, LEVELS[max(lvl - 1, 0)], a.notes)  # type: ignore[arg-type]
-            adjusted[j], caps[j] = a.score, a.max_level
+            a = type(a)(min(a.score, 1.0), a.max_level, a.notes)
+            adjusted[j], caps[j] = min(a.score, 1.0), a.max_level
             levels[j] = level_for(a.score, cb.thresholds, a.max_level)
             for sig in per_signal:
                 per_signal[sig][j] = sc.signals.get(sig, 0.0)

@@ -125,7 +125,9 @@ class Firewall:
             model = load_model(self._model_settings())
         self.model: ActivationModel = model
         self.codebook.check_model(model.describe())
-        self.scorer = Scorer(self.codebook)
+        # Unclipped: a score past the last calibrated decade stays apart from one just at it
+        # until a text's context and its request are read (scoring.adjust); verdicts clip.
+        self.scorer = Scorer(self.codebook, clip=False)
         self._cache: OrderedDict[str, Scores] = OrderedDict()
         self._cache_lock = threading.Lock()
         self._cache_hits = 0
@@ -543,7 +545,7 @@ class Firewall:
         exponent = float(self.codebook.metadata.get("request", {}).get("exponent", 0.0))
         for n, sc in per_item.items():
             for s, v in sc.signals.items():
-                signals[s] = max(signals.get(s, 0.0), v)
+                signals[s] = max(signals.get(s, 0.0), min(v, 1.0))
             score, sig = sc.composite([x for x in pol.signals if x in alarm])
             item_notes: list[str] = []
             max_level: Level = "critical"
@@ -562,7 +564,7 @@ class Firewall:
                     max_level = LEVELS[max(LEVELS.index(level_for(score, thresholds)) - 1, 0)]
                 score = request_score(score, n_messages, exponent)
             level_n = LEVELS.index(level_for(score, thresholds, max_level))
-            ann_score, ann = sc.composite([x for x in pol.signals if x not in alarm])
+            ann_score, ann = sc.composite([x for x in pol.signals if x not in alarm], cap=1.0)
             if ann is not None and level_n == 0 and level_for(ann_score, thresholds) != "clear":
                 # A signal that did not earn an alarm may still annotate: notice at most.
                 level_n, score, sig = 1, ann_score, ann
@@ -580,10 +582,11 @@ class Firewall:
             message_index = items[best_item].message_index
             if best_signal is not None:
                 window = per_item[best_item].evidence[best_signal].to_dict()
+                window["score"] = min(window["score"], 1.0)
         verdict = Verdict(
             action=action,
             level=level,
-            score=float(best_score),
+            score=min(float(best_score), 1.0),
             signals=signals,
             signal=best_signal if level != "clear" else None,
             message_index=message_index,

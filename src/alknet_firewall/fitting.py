@@ -384,7 +384,8 @@ def calibrate(
         thresholds={},
         metadata=dict(codebook.metadata),
     )
-    composite = Scorer(cb).score_features(benign).composite
+    # Unclipped, as the firewall scores: a score past the last decade stays apart from one at it.
+    composite = Scorer(cb, clip=False).score_features(benign).composite
     # Calibration groups: each scored against its own benign texts too (scoring.adjust).
     caps = np.full(benign.n_texts, len(ALARM_LEVELS))  # highest level index allowed
     groups_n: dict[str, int] = {}
@@ -401,6 +402,7 @@ def calibrate(
         caps = np.array(
             [ALARM_LEVELS.index(a.max_level) if a.max_level != "clear" else -1 for a in adjusted]
         )
+    composite = np.minimum(composite, 1.0)
     exponent = (
         request_exponent
         if request_exponent is not None

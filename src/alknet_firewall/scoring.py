@@ -196,13 +196,21 @@ class Scores:
     n_windows: int
     n_tokens: int
 
-    def composite(self, enabled: Iterable[str] | None = None) -> tuple[float, str | None]:
-        """Max score over the enabled signals and the signal that gave it."""
+    def composite(
+        self, enabled: Iterable[str] | None = None, *, cap: float | None = None
+    ) -> tuple[float, str | None]:
+        """Max score over the enabled signals and the signal that gave it (with ``cap``, scores
+        above it count as equal, the first signal wins)."""
         names = [s for s in (self.signals if enabled is None else enabled) if s in self.signals]
         if not names:
             return 0.0, None
-        best = max(names, key=lambda s: self.signals[s])
-        return self.signals[best], best
+
+        def value(s: str) -> float:
+            v = self.signals[s]
+            return v if cap is None else min(v, cap)
+
+        best = max(names, key=value)
+        return value(best), best
 
 
 @dataclass
