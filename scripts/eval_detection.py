@@ -196,7 +196,7 @@ def main() -> int:
     langs = np.array([t.language for t in texts])
     fits = np.array([t.fits for t in texts])
     composite = np.full(n, np.nan)  # unclipped, for ranking
-    adjusted = np.full(n, np.nan)  # after the context rule, clipped
+    adjusted = np.full(n, np.nan)  # after the context rule (unclipped, as the firewall reads it)
     caps = np.array(["critical"] * n, dtype=object)
     levels = np.array(["clear"] * n, dtype=object)
     fold_of = np.full(n, -1)
@@ -238,8 +238,7 @@ def main() -> int:
                 if a.notes:  # the v2 rule: one level lower
                     lvl = LEVELS.index(level_for(s, cb.thresholds))
                     a = type(a)(s, LEVELS[max(lvl - 1, 0)], a.notes)  # type: ignore[arg-type]
-            a = type(a)(min(a.score, 1.0), a.max_level, a.notes)
-            adjusted[j], caps[j] = min(a.score, 1.0), a.max_level
+            adjusted[j], caps[j] = a.score, a.max_level
             levels[j] = level_for(a.score, cb.thresholds, a.max_level)
             for sig in per_signal:
                 per_signal[sig][j] = sc.signals.get(sig, 0.0)

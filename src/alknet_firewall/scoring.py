@@ -26,7 +26,6 @@ from .language import guess_language
 
 __all__ = [
     "LANGUAGE_GROUPS",
-    "LONG_TOKENS",
     "MIN_CRITICAL_TOKENS",
     "SHORT_TOKENS",
     "Adjusted",
@@ -45,10 +44,6 @@ __all__ = [
 #: A text of at most this many content tokens is *short* ("ok", "yes please"): it is scored
 #: against short benign texts as well (``group.short`` of the codebook).
 SHORT_TOKENS = 16
-#: A text of more than this many content tokens is *long*: read in several windows and spans,
-#: it has many chances to look unusual somewhere, so it is scored against long benign texts
-#: as well (``group.long``).
-LONG_TOKENS = 256
 #: Evidence from a text of fewer content tokens never reaches ``critical`` on its own: a few
 #: tokens carry too little evidence to block (they can still be flagged).
 MIN_CRITICAL_TOKENS = 8
@@ -77,7 +72,7 @@ def language_of(text: str) -> str | None:
 class Context:
     """What scoring knows of a text besides its activations: the group it is calibrated in."""
 
-    #: ``default``, ``short``, ``long``, or ``lang:<group>`` (``lang:latin``, ``lang:cjk``, or
+    #: ``default``, ``short``, or ``lang:<group>`` (``lang:latin``, ``lang:cjk``, or
     #: the bare language code of a language no group holds, e.g. ``lang:bn``).
     group: str
     #: The non-English language code, else None.
@@ -88,15 +83,15 @@ class Context:
 
 def text_context(text: str, n_tokens: int) -> Context:
     """The calibration group of ``text`` (``n_tokens`` content tokens): its language group when
-    it is not English, else ``short`` up to :data:`SHORT_TOKENS` tokens, ``long`` beyond
-    :data:`LONG_TOKENS`, else ``default``."""
+    it is not English, else ``short`` up to :data:`SHORT_TOKENS` tokens, else ``default``.
+
+    (A ``long`` group, texts beyond 256 tokens, was measured and dropped: it lowered long
+    jailbreak templates with the long benign texts, 72.6 → 46.8 % flagged; ADR 0008.)"""
     lang = language_of(text)
     if lang is not None:
         group = "lang:" + LANGUAGE_GROUPS.get(lang, lang)
     elif n_tokens <= SHORT_TOKENS:
         group = "short"
-    elif n_tokens > LONG_TOKENS:
-        group = "long"
     else:
         group = "default"
     return Context(group, lang, int(n_tokens))
