@@ -127,3 +127,17 @@ def fit_fake_codebook(model: FakeModel, n: int = 600) -> Any:
     feats = model.encode_windows(texts)
     meta = {"model": model.describe()}
     return CodebookBuilder(k=8).fit(feats, kinds, metadata=meta).codebook_
+
+
+def fake_firewall(codebook: Any, **policies: Any) -> Any:
+    """A firewall over :class:`FakeModel` and ``codebook``: one worker, no cache, policy
+    ``default`` plus ``policies``."""
+    from alknet_firewall.config import load_settings
+    from alknet_firewall.firewall import Firewall
+
+    settings = load_settings(
+        None,
+        pool={"workers": 1, "warmup": False, "timeout_s": 5, "cache_size": 0},
+        policies={"default": {}, **policies},
+    )
+    return Firewall(settings, model=FakeModel(), codebook=codebook)

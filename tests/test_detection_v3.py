@@ -25,7 +25,7 @@ from alknet_firewall.scoring import (
     request_score,
     text_context,
 )
-from tests.fakes import FakeModel, attack_text, benign_text, fit_fake_codebook
+from tests.fakes import FakeModel, attack_text, benign_text, fake_firewall, fit_fake_codebook
 
 
 @pytest.fixture(scope="module")
@@ -161,13 +161,7 @@ def test_a_codebook_with_groups_round_trips_and_the_digest_covers_them(tmp_path:
 
 
 # -- the firewall applies the rule ----------------------------------------------------------------
-def _firewall(codebook: Any, **policies: Any) -> Firewall:
-    settings = load_settings(
-        None,
-        pool={"workers": 1, "warmup": False, "timeout_s": 5, "cache_size": 0},
-        policies={"default": {}, **policies},
-    )
-    return Firewall(settings, model=FakeModel(), codebook=codebook)
+_firewall = fake_firewall
 
 
 def test_a_few_attack_tokens_are_flagged_not_blocked(fake_codebook: Any) -> None:

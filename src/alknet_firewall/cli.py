@@ -375,10 +375,8 @@ def cmd_codebook_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_detection(sub: Any) -> None:
-    p = sub.add_parser("screen", help="screen one text (or --messages JSON) and print the verdict")
-    p.add_argument("text", help="the text, or - to read stdin")
-    p.add_argument("--messages", action="store_true", help="TEXT is a JSON list of chat messages")
+def _policy_and_codebook(p: argparse.ArgumentParser) -> None:
+    """The ``--policy`` and ``--codebook`` options of the screening commands."""
     p.add_argument(
         "--policy", default=None, help="policy name from the settings (default: default_policy)"
     )
@@ -387,19 +385,19 @@ def _add_detection(sub: Any) -> None:
         default=None,
         help="codebook file (default: detection.codebook, else the shipped one)",
     )
+
+
+def _add_detection(sub: Any) -> None:
+    p = sub.add_parser("screen", help="screen one text (or --messages JSON) and print the verdict")
+    p.add_argument("text", help="the text, or - to read stdin")
+    p.add_argument("--messages", action="store_true", help="TEXT is a JSON list of chat messages")
+    _policy_and_codebook(p)
     p.set_defaults(func=cmd_screen)
 
     p = sub.add_parser("scan", help="screen every line of a JSONL file")
     p.add_argument("input", help="JSONL with 'text' or 'messages' per line (- for stdin)")
     p.add_argument("--output", "-o", required=True, help="output JSONL (- for stdout)")
-    p.add_argument(
-        "--policy", default=None, help="policy name from the settings (default: default_policy)"
-    )
-    p.add_argument(
-        "--codebook",
-        default=None,
-        help="codebook file (default: detection.codebook, else the shipped one)",
-    )
+    _policy_and_codebook(p)
     p.add_argument("--batch", type=int, default=64, help="lines screened together")
     p.add_argument(
         "--engine",
@@ -412,14 +410,7 @@ def _add_detection(sub: Any) -> None:
     p = sub.add_parser("eval", help="evaluate on labelled JSONL files and write a report")
     p.add_argument("inputs", nargs="+", help="labelled JSONL files or directories")
     p.add_argument("--report", required=True, help="output directory")
-    p.add_argument(
-        "--policy", default=None, help="policy name from the settings (default: default_policy)"
-    )
-    p.add_argument(
-        "--codebook",
-        default=None,
-        help="codebook file (default: detection.codebook, else the shipped one)",
-    )
+    _policy_and_codebook(p)
     p.set_defaults(func=cmd_eval)
 
     cb = sub.add_parser("codebook", help="build, calibrate or describe a codebook")
