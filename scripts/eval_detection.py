@@ -235,8 +235,8 @@ def main() -> int:
                 a = adjust(cb, s, contexts[j])
             else:
                 a = adjust(cb, s, contexts[j], languages="demote")
-                if a.notes:  # the v2 rule: one level lower
-                    lvl = LEVELS.index(level_for(s, cb.thresholds))
+                if a.notes:  # the v2 rule: one level lower (below any other cap)
+                    lvl = LEVELS.index(level_for(s, cb.thresholds, a.max_level))
                     a = type(a)(s, LEVELS[max(lvl - 1, 0)], a.notes)  # type: ignore[arg-type]
             adjusted[j], caps[j] = a.score, a.max_level
             levels[j] = level_for(a.score, cb.thresholds, a.max_level)

@@ -34,9 +34,14 @@ def fake_codebook() -> Any:
 
 
 def _with_group(codebook: Any, group: str, scores: np.ndarray) -> Any:
-    cb = codebook
-    cb.group_knots = {**cb.group_knots, group: SplineCDF.fit(scores, cb.probs).knots}
-    cb._splines.clear()
+    """A copy of ``codebook`` with a calibration group fitted on ``scores``."""
+    import copy
+
+    cb = copy.copy(codebook)
+    fit = SplineCDF.fit(scores, cb.probs)
+    cb.group_knots = {**codebook.group_knots, group: fit.knots}
+    cb.spline_probs = {**codebook.spline_probs, f"group.{group}": fit.probs}
+    cb._splines = {}
     return cb
 
 
@@ -61,7 +66,7 @@ def test_a_group_is_scored_against_its_own_benign_texts(fake_codebook: Any) -> N
     lowered = adjust(cb, 0.7, short)
     assert lowered.score < 0.5 and lowered.max_level == "critical"
     # A score far beyond the group's benign texts still counts (never raised by the group).
-    assert adjust(cb, 1.0, short).score > 0.9
+    assert adjust(cb, 2.0, short).score > 0.9
     assert adjust(cb, 0.2, short).score <= 0.2
     # The default group keeps its score.
     assert adjust(cb, 0.7, Context("default", None, 40)).score == 0.7
@@ -78,6 +83,29 @@ def test_unseen_languages_stop_at_notice_and_few_tokens_never_block(fake_codeboo
     assert level_for(1.0, thresholds, few.max_level) == "warning"
     assert level_for(1.0, thresholds, unseen.max_level) == "notice"
     assert level_for(0.4, thresholds, "warning") == "notice"
+
+
+def test_a_strong_text_of_a_group_keeps_its_headroom(fake_codebook: Any) -> None:
+    # 1.5 is far beyond every benign text: the group rule must not clip it to 1.0, or the
+    # request correction would pull it under a critical threshold of 1.0 (review finding).
+    cb = _with_group(fake_codebook, "lang:latin", np.random.default_rng(1).uniform(0, 0.8, 200))
+    latin = adjust(cb, 1.5, Context("lang:latin", "fr", 40))
+    english = adjust(cb, 1.5, Context("default", None, 40))
+    assert latin.score > 1.0 and english.score == 1.5
+    thresholds = {"notice": 0.5, "warning": 0.75, "critical": 1.0}
+    for a in (latin, english):
+        assert level_for(request_score(a.score, 2, 0.5), thresholds, a.max_level) == "critical"
+
+
+def test_a_group_fitted_on_few_texts_keeps_its_probabilities(tmp_path: Any) -> None:
+    # Fewer than ~1,000 values support fewer tail probabilities at both ends: the codebook must
+    # read the spline back with the probabilities it was fitted at.
+    cb = _with_group(fit_fake_codebook(FakeModel()), "short", np.linspace(0, 1, 121))
+    before = cb.spline("group.short").sf(np.array([0.5, 0.9, 0.99]))
+    back = load_codebook(cb.save(tmp_path / "cb.safetensors"))
+    assert np.allclose(back.spline_probs["group.short"], cb.spline_probs["group.short"])
+    assert np.allclose(back.spline("group.short").sf(np.array([0.5, 0.9, 0.99])), before)
+    assert abs(before[0] - 0.5) < 0.02  # the median of 0..1 read as the median
 
 
 def test_request_score_reads_a_text_as_evidence_about_its_request() -> None:
@@ -120,7 +148,7 @@ def test_calibration_fits_groups_and_holds_the_rate_in_each(fake_codebook: Any) 
         from alknet_firewall.fitting import contexts_of
         from alknet_firewall.scoring import Scorer
 
-        comp = Scorer(cb).score_features(feats).composite
+        comp = Scorer(cb, clip=False).score_features(feats).composite
         ctx = contexts_of(texts, feats)
         lv = [
             level_for(
@@ -130,11 +158,11 @@ def test_calibration_fits_groups_and_holds_the_rate_in_each(fake_codebook: Any) 
         ]
         return float(np.mean([x in ("warning", "critical") for x in lv]))
 
-    # Without groups the short texts alone decide the thresholds: the long texts are hardly
-    # ever flagged, short ones at the pooled rate. With groups each group holds ~1 %.
+    # With groups each group holds ~1 %; without them the short texts, which lean towards the
+    # attack direction, are flagged more often than their group's rate.
     assert flagged(grouped, 600, 1200) <= 0.02
     assert flagged(grouped, 0, 600) <= 0.02
-    assert flagged(plain, 0, 600) < flagged(grouped, 0, 600) or flagged(plain, 0, 600) == 0.0
+    assert flagged(plain, 600, 1200) > flagged(grouped, 600, 1200)
 
 
 def test_a_codebook_with_groups_round_trips_and_the_digest_covers_them(tmp_path: Any) -> None:

@@ -134,6 +134,10 @@ class Codebook:
     #: language group: ``lang:latin``, ``lang:cjk``): a text of a group is scored against its
     #: own group's benign texts too (``scoring.Context``; schema 3).
     group_knots: dict[str, np.ndarray] = field(default_factory=dict)
+    #: The probabilities of a spline's knots where they are not the tail of ``probs`` (a
+    #: distribution fitted on fewer than ~1,000 values keeps only the tail probabilities its
+    #: sample supports, at both ends), keyed like :meth:`spline` (schema 3: ``probs.<key>``).
+    spline_probs: dict[str, np.ndarray] = field(default_factory=dict)
 
     # -- derived -------------------------------------------------------------------------------
     def __post_init__(self) -> None:
@@ -208,6 +212,8 @@ class Codebook:
         raise KeyError(key)
 
     def _probs_for(self, key: str) -> np.ndarray:
+        if key in self.spline_probs:
+            return self.spline_probs[key]
         n = len(self._knots_for(key))
         return self.probs[-n:] if n < len(self.probs) else self.probs
 
@@ -282,6 +288,8 @@ class Codebook:
         t["anomaly.knots"] = self.anomaly_knots.astype(np.float64)
         for name, knots in self.group_knots.items():
             t[f"group.{name}.knots"] = knots.astype(np.float64)
+        for key, p in self.spline_probs.items():
+            t[f"probs.{key}"] = p.astype(np.float64)
         return t
 
     def _digest(self) -> str:
@@ -429,9 +437,21 @@ def _from_tensors(t: dict[str, np.ndarray], meta: dict[str, Any]) -> Codebook:
         ):
             raise ValueError(f"span head {name} does not match layer {span_layer}")
     group_knots = {name: t[f"group.{name}.knots"] for name in meta.get("groups", ())}
+    spline_probs = {k.removeprefix("probs."): v for k, v in t.items() if k.startswith("probs.")}
+    for key, p in spline_probs.items():
+        kind, _, rest = key.partition(".")
+        knots = {
+            "signal": lambda r: heads[r].knots,
+            "span": lambda r: span_heads[r].knots,
+            "group": lambda r: group_knots[r],
+            "anomaly": lambda r: t["anomaly.knots"],
+        }[kind](rest)
+        if p.shape != knots.shape:
+            raise ValueError(f"probs.{key} does not match its knots")
     return Codebook(
         span_heads=span_heads,
         group_knots=group_knots,
+        spline_probs=spline_probs,
         layers=layers,
         layer_stats=stats,
         heads=heads,

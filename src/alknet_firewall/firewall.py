@@ -128,6 +128,14 @@ class Firewall:
         # Unclipped: a score past the last calibrated decade stays apart from one just at it
         # until a text's context and its request are read (scoring.adjust); verdicts clip.
         self.scorer = Scorer(self.codebook, clip=False)
+        if not self.codebook.group_knots:
+            log.warning(
+                "codebook %s has no calibration groups (built before schema 3 or calibrated "
+                "without texts): short texts are not calibrated on their own and, with "
+                "policy.languages 'calibrate', every non-English text stops at notice; "
+                "rebuild or recalibrate it with `alknet-firewall codebook calibrate`",
+                self.codebook.id,
+            )
         self._cache: OrderedDict[str, Scores] = OrderedDict()
         self._cache_lock = threading.Lock()
         self._cache_hits = 0
@@ -559,9 +567,10 @@ class Firewall:
                 )
                 score, max_level = adj.score, adj.max_level
                 item_notes.extend(adj.notes)
-                if pol.languages == "demote" and adj.notes and max_level == "critical":
-                    # The v2 rule: any non-English text one level lower.
-                    max_level = LEVELS[max(LEVELS.index(level_for(score, thresholds)) - 1, 0)]
+                if pol.languages == "demote" and adj.notes:
+                    # The v2 rule: any non-English text one level lower (below any other cap).
+                    demoted = max(LEVELS.index(level_for(score, thresholds, max_level)) - 1, 0)
+                    max_level = LEVELS[demoted]
                 score = request_score(score, n_messages, exponent)
             level_n = LEVELS.index(level_for(score, thresholds, max_level))
             ann_score, ann = sc.composite([x for x in pol.signals if x not in alarm], cap=1.0)

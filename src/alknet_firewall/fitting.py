@@ -8,7 +8,9 @@ window features; :func:`calibrate` fits score distributions and level thresholds
 features alone, which is how users fit *their* normal::
 
     from alknet_firewall import calibrate, extract, load_codebook, load_model
-    cb = calibrate(load_codebook(), extract(load_model(), my_benign_texts), source="my traffic")
+    from alknet_firewall.normalize import normalize
+    texts = [normalize(t) for t in my_benign_texts]
+    cb = calibrate(load_codebook(), extract(load_model(), texts), texts=texts, source="my traffic")
 """
 
 from __future__ import annotations
@@ -364,12 +366,20 @@ def calibrate(
         )
     probs = codebook.probs
     raw = Scorer(codebook, calibrated=False).raw_text_statistics(benign)
+    splines: dict[str, SplineCDF] = {}
+
+    def fitted(key: str, values: np.ndarray) -> np.ndarray:
+        """The knots of a spline fitted on ``values``; its probabilities are kept for the
+        codebook when the sample could not support every tail probability."""
+        splines[key] = SplineCDF.fit(values, probs)
+        return splines[key].knots
+
     heads = {
-        name: SignalHead(h.weight, h.bias, SplineCDF.fit(raw[name], probs).knots)
+        name: SignalHead(h.weight, h.bias, fitted(f"signal.{name}", raw[name]))
         for name, h in codebook.heads.items()
     }
     span_heads = {
-        name: SignalHead(h.weight, h.bias, SplineCDF.fit(raw[f"span.{name}"], probs).knots)
+        name: SignalHead(h.weight, h.bias, fitted(f"span.{name}", raw[f"span.{name}"]))
         for name, h in codebook.span_heads.items()
     }
     if styles is not None and len(styles) != benign.n_texts:
@@ -379,24 +389,39 @@ def calibrate(
         layers=codebook.layers,
         layer_stats=codebook.layer_stats,
         heads=heads,
-        anomaly_knots=SplineCDF.fit(raw["anomaly"], probs).knots,
+        anomaly_knots=fitted("anomaly", raw["anomaly"]),
         probs=probs,
         thresholds={},
         metadata=dict(codebook.metadata),
     )
-    # Unclipped, as the firewall scores: a score past the last decade stays apart from one at it.
+
+    def keep_probs() -> None:
+        cb.spline_probs = {
+            k: sp.probs
+            for k, sp in splines.items()
+            if len(sp.probs) != len(probs) or not np.allclose(sp.probs, probs)
+        }
+        cb._splines.clear()
+
+    keep_probs()
     composite = Scorer(cb, clip=False).score_features(benign).composite
     # Calibration groups: each scored against its own benign texts too (scoring.adjust).
     caps = np.full(benign.n_texts, len(ALARM_LEVELS))  # highest level index allowed
     groups_n: dict[str, int] = {}
-    if texts is not None:
+    if texts is None:
+        log.warning(
+            "calibrate() without texts fits no calibration groups: short replies and texts in "
+            "other languages lose their own calibration (pass texts=... in feature order)"
+        )
+    else:
         ctxs = contexts_of(texts, benign)
         g_a = np.array([c.group for c in ctxs])
         for g in sorted(set(g_a.tolist()) - {"default"}):
             n_g = int((g_a == g).sum())
             if n_g >= min_group_texts:
-                cb.group_knots[g] = SplineCDF.fit(composite[g_a == g], probs).knots
+                cb.group_knots[g] = fitted(f"group.{g}", composite[g_a == g])
                 groups_n[g] = n_g
+        keep_probs()
         adjusted = [adjust(cb, float(s), c) for s, c in zip(composite, ctxs, strict=True)]
         composite = np.array([a.score for a in adjusted])
         caps = np.array(

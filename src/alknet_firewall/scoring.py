@@ -132,7 +132,9 @@ def adjust(
             notes.append(f"unsupported_language:{ctx.language}")
     if group != "default":
         if group in codebook.group_knots:
-            g = float(surprise(codebook.spline(f"group.{group}").sf(np.array([score])))[0])
+            # Unclipped: a strong text of a group keeps its headroom, as in the default group.
+            sf = codebook.spline(f"group.{group}").sf(np.array([score]))
+            g = float(surprise(sf, clip=False)[0])
             score = min(score, g)
         elif ctx.language is not None:
             max_level = "notice"
