@@ -29,6 +29,7 @@ import argparse
 import json
 import random
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -229,15 +230,16 @@ def main() -> int:
         idx = np.flatnonzero(test)
         composite[idx] = scored.composite
         fold_of[idx] = k
-        for pos, (j, sc) in enumerate(zip(idx, scored.texts, strict=True)):
-            s = float(scored.composite[pos])  # unclipped, as the firewall reads it
+        for j, sc in zip(idx, scored.texts, strict=True):
+            # unclipped, as the firewall reads them
+            sig_scores = {x: sc.signals[x] for x in cb.alarm_signals if x in sc.signals}
             if variant["groups"]:
-                a = adjust(cb, s, contexts[j])
+                a = adjust(cb, sig_scores, contexts[j])
             else:
-                a = adjust(cb, s, contexts[j], languages="demote")
+                a = adjust(cb, sig_scores, contexts[j], languages="demote")
                 if a.notes:  # the v2 rule: one level lower (below any other cap)
-                    lvl = LEVELS.index(level_for(s, cb.thresholds, a.max_level))
-                    a = type(a)(s, LEVELS[max(lvl - 1, 0)], a.notes)  # type: ignore[arg-type]
+                    lvl = LEVELS.index(level_for(a.score, cb.thresholds, a.max_level))
+                    a = replace(a, max_level=LEVELS[max(lvl - 1, 0)])
             adjusted[j], caps[j] = a.score, a.max_level
             levels[j] = level_for(a.score, cb.thresholds, a.max_level)
             for sig in per_signal:

@@ -13,7 +13,7 @@ The sample is deterministic: from each ``*.jsonl`` file of the corpus, by sorted
 (every file's first pick, then every file's second, ...) until ``SAMPLE`` texts.
 
 Every text is screened on its own (no batching across texts, one worker with one thread, no
-cache), in the codebook's calibration dtype, with the default settings otherwise.
+cache), in float32, with the default settings otherwise.
 
 When the detection changes on purpose (a rebuilt default codebook), regenerate the fixture:
 
@@ -34,7 +34,6 @@ from typing import Any
 
 import numpy as np
 
-from alknet_firewall.codebook import load_codebook
 from alknet_firewall.config import load_settings
 from alknet_firewall.corpus import iter_jsonl
 from alknet_firewall.firewall import Firewall
@@ -88,14 +87,20 @@ def probes() -> Iterator[tuple[str, int, str]]:
 
 
 def fixture_settings() -> Any:
-    """One worker, one thread, no cache, no warm-up batch shared with a text; the model runs
-    in the dtype the codebook was calibrated in (so a machine-dependent ``dtype: auto`` does
-    not move the scores)."""
-    dtype = load_codebook(None).metadata.get("model", {}).get("dtype", "bfloat16")
+    """One worker, one thread (no burst onto idle cores), no cache, no warm-up batch shared
+    with a text; the model runs in float32, whose scores do not depend on the thread count or
+    the batch shape (bfloat16's do, by ~1e-3, and a machine-dependent ``dtype: auto`` would move
+    them too)."""
     return load_settings(
         None,
-        model={"dtype": dtype},
-        pool={"workers": 1, "threads_per_worker": 1, "cache_size": 0, "warmup": False},
+        model={"dtype": "float32"},
+        pool={
+            "workers": 1,
+            "threads_per_worker": 1,
+            "burst_threads": 1,
+            "cache_size": 0,
+            "warmup": False,
+        },
     )
 
 

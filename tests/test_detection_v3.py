@@ -39,8 +39,9 @@ def _with_group(codebook: Any, group: str, scores: np.ndarray) -> Any:
 
     cb = copy.copy(codebook)
     fit = SplineCDF.fit(scores, cb.probs)
-    cb.group_knots = {**codebook.group_knots, group: fit.knots}
-    cb.spline_probs = {**codebook.spline_probs, f"group.{group}": fit.probs}
+    key = f"{group}.injection"
+    cb.group_knots = {**codebook.group_knots, key: fit.knots}
+    cb.spline_probs = {**codebook.spline_probs, f"group.{key}": fit.probs}
     cb._splines = {}
     return cb
 
@@ -63,21 +64,27 @@ def test_a_group_is_scored_against_its_own_benign_texts(fake_codebook: Any) -> N
     rng = np.random.default_rng(0)
     cb = _with_group(fake_codebook, "short", rng.uniform(0.3, 0.9, size=500))
     short = Context("short", None, 12)
-    lowered = adjust(cb, 0.7, short)
+    lowered = adjust(cb, {"injection": 0.7}, short)
     assert lowered.score < 0.5 and lowered.max_level == "critical"
     # A score far beyond the group's benign texts still counts (never raised by the group).
-    assert adjust(cb, 2.0, short).score > 0.9
-    assert adjust(cb, 0.2, short).score <= 0.2
+    assert adjust(cb, {"injection": 2.0}, short).score > 0.9
+    assert adjust(cb, {"injection": 0.2}, short).score <= 0.2
     # The default group keeps its score.
-    assert adjust(cb, 0.7, Context("default", None, 40)).score == 0.7
+    assert adjust(cb, {"injection": 0.7}, Context("default", None, 40)).score == 0.7
 
 
 def test_unseen_languages_stop_at_notice_and_few_tokens_never_block(fake_codebook: Any) -> None:
     bengali = Context("lang:bn", "bn", 60)
-    unseen = adjust(fake_codebook, 1.0, bengali)
+    strong = {"injection": 1.0}
+    unseen = adjust(fake_codebook, strong, bengali)
     assert unseen.max_level == "notice" and unseen.notes == ("unsupported_language:bn",)
-    assert adjust(fake_codebook, 1.0, bengali, languages="score").max_level == "critical"
-    few = adjust(fake_codebook, 1.0, Context("default", None, MIN_CRITICAL_TOKENS - 1))
+    assert (
+        adjust(fake_codebook, {"injection": 1.0}, bengali, languages="score").max_level
+        == "critical"
+    )
+    few = adjust(
+        fake_codebook, {"injection": 1.0}, Context("default", None, MIN_CRITICAL_TOKENS - 1)
+    )
     assert few.max_level == "warning"
     thresholds = {"notice": 0.3, "warning": 0.5, "critical": 0.8}
     assert level_for(1.0, thresholds, few.max_level) == "warning"
@@ -89,8 +96,8 @@ def test_a_strong_text_of_a_group_keeps_its_headroom(fake_codebook: Any) -> None
     # 1.5 is far beyond every benign text: the group rule must not clip it to 1.0, or the
     # request correction would pull it under a critical threshold of 1.0 (review finding).
     cb = _with_group(fake_codebook, "lang:latin", np.random.default_rng(1).uniform(0, 0.8, 200))
-    latin = adjust(cb, 1.5, Context("lang:latin", "fr", 40))
-    english = adjust(cb, 1.5, Context("default", None, 40))
+    latin = adjust(cb, {"injection": 1.5}, Context("lang:latin", "fr", 40))
+    english = adjust(cb, {"injection": 1.5}, Context("default", None, 40))
     assert latin.score > 1.0 and english.score == 1.5
     thresholds = {"notice": 0.5, "warning": 0.75, "critical": 1.0}
     for a in (latin, english):
@@ -101,10 +108,11 @@ def test_a_group_fitted_on_few_texts_keeps_its_probabilities(tmp_path: Any) -> N
     # Fewer than ~1,000 values support fewer tail probabilities at both ends: the codebook must
     # read the spline back with the probabilities it was fitted at.
     cb = _with_group(fit_fake_codebook(FakeModel()), "short", np.linspace(0, 1, 121))
-    before = cb.spline("group.short").sf(np.array([0.5, 0.9, 0.99]))
+    key = "group.short.injection"
+    before = cb.spline(key).sf(np.array([0.5, 0.9, 0.99]))
     back = load_codebook(cb.save(tmp_path / "cb.safetensors"))
-    assert np.allclose(back.spline_probs["group.short"], cb.spline_probs["group.short"])
-    assert np.allclose(back.spline("group.short").sf(np.array([0.5, 0.9, 0.99])), before)
+    assert np.allclose(back.spline_probs[key], cb.spline_probs[key])
+    assert np.allclose(back.spline(key).sf(np.array([0.5, 0.9, 0.99])), before)
     assert abs(before[0] - 0.5) < 0.02  # the median of 0..1 read as the median
 
 
@@ -141,21 +149,21 @@ def test_calibration_fits_groups_and_holds_the_rate_in_each(fake_codebook: Any) 
     texts = ["plain words " * 10] * 600 + ["yes please"] * 600
     grouped = calibrate(fake_codebook, feats, texts=texts)
     plain = calibrate(fake_codebook, feats)
-    assert set(grouped.group_knots) == {"short"} and not plain.group_knots
+    alarm = [x for x in grouped.alarm_signals if x in grouped.signals]
+    assert set(grouped.group_knots) == {f"short.{x}" for x in alarm} and not plain.group_knots
     assert grouped.metadata["calibration_groups"] == {"short": 600}
 
     def flagged(cb: Any, lo: int, hi: int) -> float:
         from alknet_firewall.fitting import contexts_of
         from alknet_firewall.scoring import Scorer
 
-        comp = Scorer(cb, clip=False).score_features(feats).composite
+        texts_scored = Scorer(cb, clip=False).score_features(feats).texts
         ctx = contexts_of(texts, feats)
-        lv = [
-            level_for(
-                adjust(cb, float(s), c).score, cb.thresholds, adjust(cb, float(s), c).max_level
-            )
-            for s, c in zip(comp[lo:hi], ctx[lo:hi], strict=True)
+        adj = [
+            adjust(cb, {x: t.signals[x] for x in alarm}, c)
+            for t, c in zip(texts_scored[lo:hi], ctx[lo:hi], strict=True)
         ]
+        lv = [level_for(a.score, cb.thresholds, a.max_level) for a in adj]
         return float(np.mean([x in ("warning", "critical") for x in lv]))
 
     # With groups each group holds ~1 %; without them the short texts, which lean towards the
@@ -173,8 +181,9 @@ def test_a_codebook_with_groups_round_trips_and_the_digest_covers_them(tmp_path:
     cb.metadata["request"] = {"exponent": 0.5}
     path = cb.save(tmp_path / "cb.safetensors")
     back = load_codebook(path)
-    assert set(back.group_knots) == {"short"} and back.metadata["request"] == {"exponent": 0.5}
-    assert np.allclose(back.group_knots["short"], cb.group_knots["short"])
+    assert set(back.group_knots) == {"short.injection"}
+    assert back.metadata["request"] == {"exponent": 0.5}
+    assert np.allclose(back.group_knots["short.injection"], cb.group_knots["short.injection"])
     import json
 
     from safetensors import safe_open

@@ -69,7 +69,6 @@ def surprise_inverse(score: float) -> float:
     return float(10 ** (-score * SCORE_DECADES))
 
 
-
 class SplineCDF:
     """A smooth monotone CDF through quantile knots, with exponential tails.
 
@@ -171,4 +170,3 @@ class ComponentTable:
         cdf = np.where(low, self.p_lo * np.exp((z - self.lo) / self.beta_lo), cdf)
         sf = np.where(high, (1 - self.p_hi) * np.exp(-(z - self.hi) / self.beta_hi), 1.0 - cdf)
         return np.clip(2.0 * np.minimum(cdf, sf), P_FLOOR, 1.0)
-

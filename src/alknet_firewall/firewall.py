@@ -554,18 +554,19 @@ class Firewall:
         for n, sc in per_item.items():
             for s, v in sc.signals.items():
                 signals[s] = max(signals.get(s, 0.0), min(v, 1.0))
-            score, sig = sc.composite([x for x in pol.signals if x in alarm])
+            enabled = [x for x in pol.signals if x in alarm]
+            score, sig = sc.composite(enabled)
             item_notes: list[str] = []
             max_level: Level = "critical"
             if level_for(score, thresholds) != "clear":
                 # Only a text that would alarm pays for its context (language guess, groups).
                 adj = adjust(
                     self.codebook,
-                    score,
+                    {x: sc.signals[x] for x in enabled if x in sc.signals},
                     text_context(items[n].text, sc.n_tokens),
                     languages=pol.languages,
                 )
-                score, max_level = adj.score, adj.max_level
+                score, sig, max_level = adj.score, adj.signal, adj.max_level
                 item_notes.extend(adj.notes)
                 if pol.languages == "demote" and adj.notes:
                     # The v2 rule: any non-English text one level lower (below any other cap).

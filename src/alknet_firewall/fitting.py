@@ -36,7 +36,7 @@ from .constants import ALARM_LEVELS
 from .distributions import DEFAULT_PROBS, SplineCDF, surprise
 from .errors import ConfigurationError, CorpusError
 from .features import WindowFeatures
-from .scoring import Context, Scorer, adjust, text_context
+from .scoring import Context, Scorer, adjust, group_key, text_context
 
 __all__ = ["CodebookBuilder", "Labelled", "calibrate", "contexts_of", "text_tokens"]
 
@@ -404,8 +404,11 @@ def calibrate(
         cb._splines.clear()
 
     keep_probs()
-    composite = Scorer(cb, clip=False).score_features(benign).composite
-    # Calibration groups: each scored against its own benign texts too (scoring.adjust).
+    # Unclipped, as the firewall scores: a score past the last decade stays apart from one at it.
+    scored = Scorer(cb, clip=False).score_features(benign)
+    composite = scored.composite
+    alarm = [x for x in cb.alarm_signals if x in cb.signals]
+    # Calibration groups: each signal scored against its group's benign texts too.
     caps = np.full(benign.n_texts, len(ALARM_LEVELS))  # highest level index allowed
     groups_n: dict[str, int] = {}
     if texts is None:
@@ -419,10 +422,17 @@ def calibrate(
         for g in sorted(set(g_a.tolist()) - {"default"}):
             n_g = int((g_a == g).sum())
             if n_g >= min_group_texts:
-                cb.group_knots[g] = fitted(f"group.{g}", composite[g_a == g])
+                idx = np.flatnonzero(g_a == g)
+                for name in alarm:
+                    values = np.array([scored.texts[i].signals.get(name, 0.0) for i in idx])
+                    key = group_key(g, name)
+                    cb.group_knots[key] = fitted(f"group.{key}", values)
                 groups_n[g] = n_g
         keep_probs()
-        adjusted = [adjust(cb, float(s), c) for s, c in zip(composite, ctxs, strict=True)]
+        adjusted = [
+            adjust(cb, {x: t.signals[x] for x in alarm if x in t.signals}, c)
+            for t, c in zip(scored.texts, ctxs, strict=True)
+        ]
         composite = np.array([a.score for a in adjusted])
         caps = np.array(
             [ALARM_LEVELS.index(a.max_level) if a.max_level != "clear" else -1 for a in adjusted]

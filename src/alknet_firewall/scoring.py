@@ -12,7 +12,7 @@ evidence about the whole request — one rule for fitting, evaluation and the fi
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +35,8 @@ __all__ = [
     "Scorer",
     "Scores",
     "adjust",
+    "group_key",
+    "has_group",
     "language_of",
     "level_for",
     "request_score",
@@ -99,28 +101,48 @@ def text_context(text: str, n_tokens: int) -> Context:
 
 @dataclass(frozen=True)
 class Adjusted:
-    """A composite score after its text's context: the score, the highest level it may reach,
-    and notes for the verdict."""
+    """A text's alarm score after its context: the score, the signal that gave it, the highest
+    level it may reach, and notes for the verdict."""
 
     score: float
+    signal: str | None
     max_level: Level
     notes: tuple[str, ...] = ()
 
 
+def group_key(group: str, signal: str) -> str:
+    """The codebook key of a signal's benign distribution within a calibration group."""
+    return f"{group}.{signal}"
+
+
+def has_group(codebook: Codebook, group: str) -> bool:
+    """Whether the codebook holds benign distributions for ``group``."""
+    return any(k.startswith(group + ".") for k in codebook.group_knots)
+
+
 def adjust(
-    codebook: Codebook, score: float, ctx: Context, *, languages: str = "calibrate"
+    codebook: Codebook,
+    signals: Mapping[str, float],
+    ctx: Context,
+    *,
+    languages: str = "calibrate",
 ) -> Adjusted:
     """The one rule (fit, evaluation and runtime) for scoring a text in its context.
 
+    ``signals`` are the text's (unclipped) scores of the signals that may alarm; the result is
+    the highest of them after this rule:
+
     * A text of a calibrated group (short texts, a language group the codebook holds benign
-      texts of) is scored against that group's benign texts as well, and the lower of the two
-      scores counts: a group whose benign texts look unusual (short replies, Chinese prose)
-      does not alarm for being that group; a group that looks ordinary keeps the global score.
+      texts of) has each signal scored against that signal's scores on the group's benign texts
+      as well, and the lower of the two counts: a group whose benign texts look unusual to a
+      signal (short replies to `injection`, Chinese prose) does not alarm for being that group;
+      a group that looks ordinary keeps the global score. Per signal, so that one signal's
+      benign tail (harmful-sounding short questions) does not lower another's evidence.
     * ``languages="calibrate"``: a language no group holds is one the codebook has not seen:
       the score is kept but the level stops at ``notice``, noted ``unsupported_language:<code>``
       (the model cannot tell an attack from ordinary text in a script it does not read).
-      ``"demote"`` lowers any non-English text one level instead (the v2 rule); ``"score"``
-      treats every text like English.
+      ``"demote"`` lowers any non-English text one level instead (the v2 rule, applied by the
+      caller, which knows the thresholds); ``"score"`` treats every text like English.
     * Fewer than :data:`MIN_CRITICAL_TOKENS` content tokens never reach ``critical``.
     """
     notes: list[str] = []
@@ -130,18 +152,23 @@ def adjust(
         group = "default"
         if languages == "demote":
             notes.append(f"unsupported_language:{ctx.language}")
+    scores = dict(signals)
     if group != "default":
-        if group in codebook.group_knots:
-            # Unclipped: a strong text of a group keeps its headroom, as in the default group.
-            sf = codebook.spline(f"group.{group}").sf(np.array([score]))
-            g = float(surprise(sf, clip=False)[0])
-            score = min(score, g)
+        if has_group(codebook, group):
+            for name, value in scores.items():
+                key = group_key(group, name)
+                if key in codebook.group_knots:
+                    # Unclipped: a strong text of a group keeps its headroom.
+                    sf = codebook.spline(f"group.{key}").sf(np.array([value]))
+                    scores[name] = min(value, float(surprise(sf, clip=False)[0]))
         elif ctx.language is not None:
             max_level = "notice"
             notes.append(f"unsupported_language:{ctx.language}")
     if ctx.tokens < MIN_CRITICAL_TOKENS and max_level == "critical":
         max_level = "warning"
-    return Adjusted(float(score), max_level, tuple(notes))
+    best = max(scores, key=lambda k: scores[k], default=None)
+    score = float(scores[best]) if best is not None else 0.0
+    return Adjusted(score, best, max_level, tuple(notes))
 
 
 def request_score(score: float, n_texts: int, exponent: float) -> float:

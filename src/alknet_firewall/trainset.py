@@ -271,9 +271,7 @@ def training_set(
     benign = [r for r in rows if r.label == 0]
     english = [r for r in benign if _language(r) == "en"]
     fill_pool = [r for r in english if r.source in _FILL_SOURCES and 20 < len(r.text) < 400]
-    docs = [
-        r for r in english if r.source in _DOC_SOURCES and 200 < len(r.text) < 6000
-    ]
+    docs = [r for r in english if r.source in _DOC_SOURCES and 200 < len(r.text) < 6000]
     aug: dict[str, list[TrainingText]] = {k: [] for k in caps}
     # 1. Tool-output templates with benign fillers.
     for r in rows:

@@ -74,11 +74,11 @@ def check_exposure(settings: Any, host: str) -> None:
     could use it (and load it) unless ``model_server.allow_anonymous`` says another layer
     authenticates clients."""
     from ..errors import ConfigurationError
-    from ..integrations.gateway import _is_loopback
+    from ..integrations.edge import is_loopback
     from .app import server_keys
 
     ms = settings.model_server
-    if ms.allow_anonymous or _is_loopback(host) or server_keys(settings):
+    if ms.allow_anonymous or is_loopback(host) or server_keys(settings):
         return
     raise ConfigurationError(
         f"refusing to serve the model on {host} without keys: anyone who reaches it could use "
