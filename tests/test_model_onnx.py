@@ -130,4 +130,7 @@ def test_model_prepare_format_onnx_prints_the_export(onnx_dir: Path, run_cli: An
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert Path(out["path"]) == onnx_dir and out["precision"] == "float32"
-    assert out["use"] == {"model": {"backend": "onnx", "onnx_precision": "float32"}}
+    # The settings to copy name the export directory too (a screening replica needs it).
+    assert out["use"] == {
+        "model": {"backend": "onnx", "onnx_path": str(onnx_dir), "onnx_precision": "float32"}
+    }

@@ -25,6 +25,7 @@ statuses in one place, :func:`alknet_firewall.integrations.openai_errors.status_
 from __future__ import annotations
 
 import importlib
+import importlib.util
 
 
 class FirewallError(Exception):
@@ -167,10 +168,12 @@ def onnx_alternative() -> str:
 
 
 def require(module: str, extra: str = "torch") -> None:
-    """Import ``module`` or raise :class:`DependencyMissingError` telling how to install it."""
+    """Raise :class:`DependencyMissingError`, telling how to install it, when ``module`` is not
+    installed. Looks the module up without importing it (torch alone takes seconds)."""
     try:
-        importlib.import_module(module)
-    except ImportError as exc:  # pragma: no cover - exercised when the extra is missing
+        if importlib.util.find_spec(module) is None:
+            raise ImportError(module)
+    except (ImportError, ValueError) as exc:  # pragma: no cover - exercised when it is missing
         alternative = f". {onnx_alternative()}" if module in _TORCH_MODULES else ""
         raise DependencyMissingError(
             f"{module} is required for this feature but is not installed. "

@@ -1,5 +1,9 @@
 """The texts a codebook is fitted on: the corpus, rule-based augmentations, styles and families.
 
+Size (~500 lines): one deterministic recipe — selection, six augmentation rules, styles,
+families, span labels — whose parts share the corpus rows and one random stream; split apart
+they would have to pass both around.
+
 Everything here is derived from ``../shared/corpus`` by fixed rules and fixed seeds, so the
 shipped default codebook can be rebuilt text for text (``docs/codebook.md``):
 
