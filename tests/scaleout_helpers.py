@@ -61,12 +61,24 @@ def comparable(verdict: Any) -> tuple[Any, ...]:
 
 
 #: Scores may differ this much between processes: bf16 forward passes round differently with
-#: other batch shapes and thread counts (measured: up to ~2e-3).
-SCORE_TOLERANCE = 5e-3
+#: other batch shapes and thread counts (measured: up to ~2e-3 in a signal; a calibration
+#: group's spline can stretch it, measured 6.8e-3 at the top of the scale).
+SCORE_TOLERANCE = 1e-2
+
+
+def at_a_threshold(a: float, b: float, thresholds: dict[str, float]) -> bool:
+    """Whether two scores within rounding of each other straddle (or touch) a level threshold:
+    then their levels may differ and nothing else is wrong."""
+    lo, hi = min(a, b) - SCORE_TOLERANCE, max(a, b) + SCORE_TOLERANCE
+    return abs(a - b) <= SCORE_TOLERANCE and any(lo <= t <= hi for t in thresholds.values())
 
 
 def assert_same_verdicts(got: list[Any], want: list[Any]) -> None:
-    assert [comparable(v) for v in got] == [comparable(v) for v in want]
+    for a, b in zip(got, want, strict=True):
+        if comparable(a) != comparable(b):
+            assert at_a_threshold(a.score, b.score, b.thresholds), (comparable(a), comparable(b))
+            assert (a.error_code, a.signal) == (b.error_code, b.signal)
+    assert len(got) == len(want)
     for a, b in zip(got, want, strict=True):
         assert abs(a.score - b.score) <= SCORE_TOLERANCE, (a.score, b.score)
 

@@ -19,6 +19,7 @@ from tests.scaleout_helpers import (
     SCORE_TOLERANCE,
     TEXTS,
     assert_same_verdicts,
+    at_a_threshold,
     screening_settings,
 )
 
@@ -143,8 +144,15 @@ def test_ray_data_scan_equals_local_scan(cluster: None, tmp_path: Path) -> None:
     counts = scan(str(src), str(got), settings, batch_size=16, actors=1)
     assert counts["scanned"] == 50 and counts["error"] == 1
     got_rows, want_rows = _rows(got), _rows(want)
-    assert [r for r, _ in got_rows] == [r for r, _ in want_rows]
-    for (_, a), (_, b) in zip(got_rows, want_rows, strict=True):
+    assert len(got_rows) == len(want_rows)
+    for (ra, a), (rb, b) in zip(got_rows, want_rows, strict=True):
+        va, vb = ra.get("verdict"), rb.get("verdict")
+        if ra != rb and isinstance(va, dict) and isinstance(vb, dict):
+            # A score within rounding of a threshold may land on either side of it.
+            assert at_a_threshold(a["score"], b["score"], vb["thresholds"]), (ra, rb)
+            for key in ("action", "level"):
+                va.pop(key), vb.pop(key)
+        assert ra == rb
         assert a.keys() == b.keys()
         for key in a:
             assert abs(a[key] - b[key]) <= SCORE_TOLERANCE, (key, a[key], b[key])
