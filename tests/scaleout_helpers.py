@@ -61,9 +61,10 @@ def comparable(verdict: Any) -> tuple[Any, ...]:
 
 
 #: Scores may differ this much between processes: bf16 forward passes round differently with
-#: other batch shapes and thread counts (measured: up to ~2e-3 in a signal; a calibration
-#: group's spline can stretch it, measured 6.8e-3 at the top of the scale).
-SCORE_TOLERANCE = 1e-2
+#: other batch shapes and thread counts (measured: up to ~2e-3 in an activation read-out; the
+#: calibrated splines, a calibration group's steepest, stretch it: measured 1.2e-2 at 0.69).
+#: Levels must still agree unless a threshold lies within this distance (``at_a_threshold``).
+SCORE_TOLERANCE = 2e-2
 
 
 def at_a_threshold(a: float, b: float, thresholds: dict[str, float]) -> bool:

@@ -198,7 +198,8 @@ def test_overload_reaches_the_gateway_as_429(server: ModelServerProcess) -> None
 # The server dies and comes back (last: it restarts the module's server)
 # --------------------------------------------------------------------------------------------
 def test_server_killed_mid_request_then_recovers(server: ModelServerProcess) -> None:
-    long_text = "An ordinary paragraph about the history of tea in England. " * 300
+    # ~18,000 tokens (~160 windows): seconds of forward passes, still running at the kill.
+    long_text = "An ordinary paragraph about the history of tea in England. " * 1500
     fw = _remote(server.url, model={"backend_timeout_s": 60})
     try:
         result: dict[str, Any] = {}
