@@ -305,3 +305,12 @@ def test_attacks_are_still_caught_alone_and_inside_a_request(real_firewall: Any)
         {"role": "user", "content": f"Note {i}: buy milk and call the dentist."} for i in range(200)
     ]
     assert real_firewall.screen(notes).action == "allow"
+
+
+def test_recalibrating_without_a_group_says_so(fake_codebook: Any, caplog: Any) -> None:
+    grouped = _with_group(fake_codebook, "lang:cjk", np.linspace(0, 1, 100))
+    feats = _features(200, 3, 0.0, 40)
+    with caplog.at_level("WARNING", logger="alknet_firewall.fitting"):
+        mine = calibrate(grouped, feats, texts=["plain english words " * 8] * 200)
+    assert not mine.group_knots
+    assert "lang:cjk" in caplog.text and "no longer calibrated" in caplog.text

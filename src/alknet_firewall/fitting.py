@@ -438,6 +438,15 @@ def calibrate(
             [ALARM_LEVELS.index(a.max_level) if a.max_level != "clear" else -1 for a in adjusted]
         )
     composite = np.minimum(composite, 1.0)
+    lost = sorted({k.rsplit(".", 1)[0] for k in codebook.group_knots} - set(groups_n))
+    if lost:
+        log.warning(
+            "recalibrated without enough texts (%d) of calibration groups %s: texts of those "
+            "groups are no longer calibrated on their own (languages among them stop at notice); "
+            "add such texts to the calibration set to keep them",
+            min_group_texts,
+            lost,
+        )
     exponent = (
         request_exponent
         if request_exponent is not None
