@@ -237,6 +237,21 @@ async def receive_body(
         return Body("timeout", complete=False)
 
 
+async def send_body_failure(
+    got: Body, send: Send, *, max_bytes: int, timeout_s: float | None
+) -> None:
+    """Answer a body :func:`receive_body` did not get: 413 when too large, 408 when too slow
+    (closing the connection when unread bytes remain); nothing when the client left."""
+    if got.outcome == "too_large":
+        reply = openai_errors.body_too_large(max_bytes)
+    elif got.outcome == "timeout":
+        log.info("request body not received within %.1fs; 408", timeout_s or 0.0)
+        reply = openai_errors.request_timeout(timeout_s or 0.0)
+    else:  # the client left
+        return
+    await (reply if got.complete else reply.closing()).send(send)
+
+
 async def refuse(
     reply: openai_errors.ErrorReply,
     receive: Receive,
@@ -304,14 +319,9 @@ class _ScreeningResponder:
             timeout_s=mw.body_timeout_s,
         )
         if got.outcome != "ok":
-            reply = None
-            if got.outcome == "too_large":
-                reply = openai_errors.body_too_large(mw.max_body_bytes)
-            elif got.outcome == "timeout":
-                log.info("request body not received within %.1fs; 408", mw.body_timeout_s)
-                reply = openai_errors.request_timeout(mw.body_timeout_s or 0.0)
-            if reply is not None:  # not "gone"
-                await (reply if got.complete else reply.closing()).send(send)
+            await send_body_failure(
+                got, send, max_bytes=mw.max_body_bytes, timeout_s=mw.body_timeout_s
+            )
             return
         body = got.data
         self.body = body
@@ -496,4 +506,5 @@ __all__: Sequence[str] = [
     "messages_from_body",
     "receive_body",
     "refuse",
+    "send_body_failure",
 ]

@@ -35,7 +35,7 @@ from urllib.parse import unquote, urlsplit
 
 from ..errors import ConfigurationError
 from . import openai_errors
-from .asgi import Body, _is_json, receive_body, refuse
+from .asgi import _is_json, receive_body, refuse, send_body_failure
 
 log = logging.getLogger("alknet_firewall.edge")
 
@@ -284,7 +284,9 @@ class Edge:
             timeout_s=self.body_timeout_s,
         )
         if got.outcome != "ok":
-            await self._send_failure(got, send)
+            await send_body_failure(
+                got, send, max_bytes=self.max_body_bytes, timeout_s=self.body_timeout_s
+            )
             return
         body = b"" if drop else got.data
         sent = False
@@ -304,16 +306,6 @@ class Edge:
                 if k.lower() not in (b"content-length", b"transfer-encoding")
             ]
         await self.app(scope, replay, send)
-
-    async def _send_failure(self, got: Body, send: Send) -> None:
-        if got.outcome == "too_large":
-            reply = openai_errors.body_too_large(self.max_body_bytes)
-        elif got.outcome == "timeout":
-            log.info("request body not received within %.1fs; 408", self.body_timeout_s or 0.0)
-            reply = openai_errors.request_timeout(self.body_timeout_s or 0.0)
-        else:  # the client left
-            return
-        await (reply if got.complete else reply.closing()).send(send)
 
 
 __all__ = [
