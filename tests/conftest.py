@@ -167,3 +167,20 @@ def full_reference(embedded_dir: Path) -> Iterator[Any]:
     model.requires_grad_(False)
     yield model
     del model
+
+
+@pytest.fixture(scope="module")
+def real_firewall() -> Iterator[Any]:
+    """The session's shared real firewall (``tests.integration_helpers``), held for a module."""
+    from tests.integration_helpers import acquire_firewall, release_firewall
+
+    yield acquire_firewall()
+    release_firewall()
+
+
+@pytest.fixture(scope="module")
+def fake_codebook() -> Any:
+    """A codebook fitted on the stand-in model (``tests.fakes``), fitted once per module."""
+    from tests.fakes import FakeModel, fit_fake_codebook
+
+    return fit_fake_codebook(FakeModel())

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -105,6 +106,30 @@ def release_firewall() -> None:
 # --------------------------------------------------------------------------------------------
 # Servers
 # --------------------------------------------------------------------------------------------
+def wait_healthy(
+    proc: subprocess.Popen[bytes],
+    url: str,
+    output: Callable[[], str],
+    *,
+    timeout: float = 180.0,
+    what: str = "the server",
+) -> None:
+    """Poll ``url`` until it answers 200; fail with the child's ``output()`` when the child
+    exits first or ``timeout`` passes (every test that starts a server process waits here)."""
+    deadline = time.monotonic() + timeout
+    with httpx.Client(timeout=2.0, trust_env=False) as client:
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise AssertionError(f"{what} exited with {proc.returncode}:\n{output()}")
+            try:
+                if client.get(url).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.25)
+    raise AssertionError(f"{what} was not ready within {timeout:.0f} s:\n{output()}")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -14,14 +14,14 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import httpx
+
+from tests.integration_helpers import free_port, wait_healthy
 
 REPO = Path(__file__).resolve().parents[1]
 MASTER_KEY = "sk-test"
@@ -53,12 +53,6 @@ async def custom_auth(request: Any, api_key: str) -> Any:
 # --------------------------------------------------------------------------------------------
 # Proxy process
 # --------------------------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def litellm_exe() -> str:
     exe = Path(sys.executable).with_name("litellm")
     if not exe.exists():  # pragma: no cover - the extra is not installed
@@ -135,21 +129,12 @@ class Proxy:
 
     def _wait_ready(self) -> None:
         assert self.proc is not None
-        deadline = time.monotonic() + self.ready_timeout
-        with httpx.Client(timeout=2.0, trust_env=False) as client:
-            while time.monotonic() < deadline:
-                if self.proc.poll() is not None:
-                    raise RuntimeError(
-                        f"litellm exited with {self.proc.returncode}:\n{self.log_tail()}"
-                    )
-                try:
-                    if client.get(f"{self.base_url}/health/liveliness").status_code == 200:
-                        return
-                except httpx.HTTPError:
-                    pass
-                time.sleep(0.5)
-        raise TimeoutError(
-            f"litellm not ready within {self.ready_timeout:.0f}s:\n{self.log_tail()}"
+        wait_healthy(
+            self.proc,
+            f"{self.base_url}/health/liveliness",
+            self.log_tail,
+            timeout=self.ready_timeout,
+            what="litellm",
         )
 
     def stop(self, timeout: float = 15.0) -> None:

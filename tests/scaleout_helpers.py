@@ -6,13 +6,10 @@ from __future__ import annotations
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
-import httpx
-
-from tests.integration_helpers import child_env, codebook_path
+from tests.integration_helpers import child_env, codebook_path, wait_healthy
 
 #: Benign and attack texts whose verdicts the remote backends must reproduce exactly.
 TEXTS = [
@@ -102,18 +99,20 @@ class ModelServerProcess:
         cmd += ["--port", str(self.port), "--codebook", str(codebook_path())]
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(cmd, env=self.env, stdout=log, stderr=log)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"model serve exited {self.proc.returncode}:\n{self.output()}")
-            try:
-                if httpx.get(self.url + "/healthz", timeout=1.0).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.25)
+        try:
+            wait_healthy(
+                self.proc, self.url + "/healthz", self.output, timeout=timeout, what="model serve"
+            )
+        except AssertionError:
+            self.stop()
+            raise
+        return self
+
+    def __enter__(self) -> ModelServerProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
         self.stop()
-        raise AssertionError(f"model serve did not become healthy:\n{self.output()}")
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")[-4000:]

@@ -11,10 +11,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
 import yaml
 
-from tests.integration_helpers import COMPLETION, child_env, codebook_path, free_port
+from tests.integration_helpers import (
+    COMPLETION,
+    child_env,
+    codebook_path,
+    free_port,
+    wait_healthy,
+)
 
 
 class Serve:
@@ -50,16 +55,8 @@ class Serve:
             self.proc = subprocess.Popen(
                 self.cmd, env=self.env, stdout=out, stderr=subprocess.STDOUT
             )
-        deadline = time.monotonic() + timeout
-        while True:
-            assert self.proc.poll() is None, self.output()
-            try:
-                if httpx.get(self.url + "/healthz", timeout=2).status_code == 200:
-                    return self
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "serve did not become healthy\n" + self.output()
-            time.sleep(0.2)
+        wait_healthy(self.proc, self.url + "/healthz", self.output, timeout=timeout, what="serve")
+        return self
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")

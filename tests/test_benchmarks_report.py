@@ -102,28 +102,19 @@ def test_gpu_script_and_architectures_import_no_package() -> None:
     assert out.stdout.strip() == "ok"
 
 
+def _run(*args: str) -> subprocess.CompletedProcess[str]:
+    """A benchmarks entry point in this interpreter, from the repository root."""
+    return subprocess.run(
+        [sys.executable, *args], capture_output=True, text=True, timeout=120, cwd=ROOT
+    )
+
+
 def test_cli_lists_the_sections_and_has_no_hidden_upstream_flag() -> None:
-    for cmd in (
-        [sys.executable, "benchmarks/run.py", "--help"],
-        [sys.executable, "-m", "benchmarks.run", "--help"],
-    ):
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=ROOT)
+    for args in (("benchmarks/run.py", "--help"), ("-m", "benchmarks.run", "--help")):
+        out = _run(*args)
         assert out.returncode == 0, out.stderr
         listed = "".join(out.stdout.split()).rsplit("subsetof:", 1)[1].split(",")
         assert [n for n in listed if n in BUILT_IN] == list(BUILT_IN)
-    bad = subprocess.run(
-        [sys.executable, "benchmarks/run.py", "--fake-upstream", "1"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=ROOT,
-    )
-    assert bad.returncode == 2
-    up = subprocess.run(
-        [sys.executable, "-m", "benchmarks.fake_upstream", "--help"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=ROOT,
-    )
+    assert _run("benchmarks/run.py", "--fake-upstream", "1").returncode == 2
+    up = _run("-m", "benchmarks.fake_upstream", "--help")
     assert up.returncode == 0 and "port" in up.stdout

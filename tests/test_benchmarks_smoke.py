@@ -6,28 +6,17 @@ Times nothing: benchmark numbers come from ``benchmarks/run.py`` on a quiet mach
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
 from benchmarks import archs, baselines, harness, report, targets
 from benchmarks.schema import Results
+from tests.scripts_loader import load_script
 
 pytestmark = pytest.mark.slow
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
-
-
-def _load(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"_bench_{name}", BENCH / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_deberta_baseline_runs_once() -> None:
@@ -109,7 +98,7 @@ def test_stats_targets_and_markdown_render() -> None:
 
 
 def test_gpu_bench_builds_models_from_configs() -> None:
-    gpu = _load("gpu_bench")
+    gpu = load_script("benchmarks/gpu_bench.py")
     cfg = gpu.smollm2_config(8)
     assert (cfg.hidden_size, cfg.num_hidden_layers, cfg.num_key_value_heads) == (576, 8, 3)
     assert gpu.deberta_config("xsmall").hidden_size == 384

@@ -2,24 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
-from types import ModuleType
+
+from tests.scripts_loader import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _generator() -> ModuleType:
-    path = ROOT / "scripts" / "gen_config_docs.py"
-    spec = importlib.util.spec_from_file_location("gen_config_docs", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_configuration_reference_is_up_to_date() -> None:
-    gen = _generator()
+    gen = load_script("scripts/gen_config_docs.py")
     current = gen.DOC.read_text(encoding="utf-8")
     assert gen.update(current) == current, (
         "docs/configuration.md is out of date: run `.venv/bin/python scripts/gen_config_docs.py`"
@@ -29,7 +20,7 @@ def test_configuration_reference_is_up_to_date() -> None:
 def test_reference_lists_every_field() -> None:
     from alknet_firewall.config import PolicySettings, PoolSettings, Settings
 
-    text = _generator().render()
+    text = load_script("scripts/gen_config_docs.py").render()
     for name in (*PoolSettings.model_fields, *PolicySettings.model_fields, *Settings.model_fields):
         assert f"`{name}" in text, name
     assert "CPU count" in text  # machine-dependent defaults are named, not printed

@@ -15,7 +15,7 @@ from alknet_firewall.features import WindowFeatures
 from alknet_firewall.firewall import Firewall
 from alknet_firewall.fitting import CodebookBuilder
 from alknet_firewall.scoring import Scorer
-from tests.fakes import FakeModel, attack_text, benign_text, fake_firewall, fit_fake_codebook
+from tests.fakes import FakeModel, attack_text, benign_text, fake_firewall
 
 D = 16
 SPANS = 3  # span rows per text
@@ -144,11 +144,6 @@ def test_span_heads_round_trip_and_schema_1_still_loads(tmp_path: Path) -> None:
     save_file(load_file(str(p1)), str(p1), metadata={"alknet_firewall": json.dumps(meta)})
     old = load_codebook(p1)
     assert old.alarm_signals == old.signals
-
-
-@pytest.fixture(scope="module")
-def fake_codebook() -> Any:
-    return fit_fake_codebook(FakeModel())
 
 
 _firewall = fake_firewall

@@ -28,11 +28,6 @@ from alknet_firewall.scoring import (
 from tests.fakes import FakeModel, attack_text, benign_text, fake_firewall, fit_fake_codebook
 
 
-@pytest.fixture(scope="module")
-def fake_codebook() -> Any:
-    return fit_fake_codebook(FakeModel())
-
-
 def _with_group(codebook: Any, group: str, scores: np.ndarray) -> Any:
     """A copy of ``codebook`` with a calibration group fitted on ``scores``."""
     import copy

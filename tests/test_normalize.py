@@ -24,9 +24,7 @@ from tests.integration_helpers import (
     ATTACK,
     BENIGN,
     ServerThread,
-    acquire_firewall,
     firewall_settings,
-    release_firewall,
 )
 from tests.reliability_helpers import EchoApp, RawUpstream
 
@@ -192,21 +190,19 @@ def test_disguises_normalise_to_the_plain_text() -> None:
 
 
 @pytest.fixture(scope="module")
-def servers() -> Iterator[tuple[RawUpstream, EchoApp, httpx.Client, httpx.Client]]:
-    fw = acquire_firewall()
-    echo = EchoApp()
-    try:
-        with RawUpstream() as upstream:
-            gateway = create_app(firewall_settings(upstream=upstream.url + "/v1"), fw)
-            with (
-                ServerThread(gateway) as gw,
-                ServerThread(FirewallMiddleware(echo, firewall=fw)) as mw,
-                httpx.Client(base_url=gw.url, timeout=30) as gc,
-                httpx.Client(base_url=mw.url, timeout=30) as mc,
-            ):
-                yield upstream, echo, gc, mc
-    finally:
-        release_firewall()
+def servers(
+    real_firewall: Any,
+) -> Iterator[tuple[RawUpstream, EchoApp, httpx.Client, httpx.Client]]:
+    fw, echo = real_firewall, EchoApp()
+    with RawUpstream() as upstream:
+        gateway = create_app(firewall_settings(upstream=upstream.url + "/v1"), fw)
+        with (
+            ServerThread(gateway) as gw,
+            ServerThread(FirewallMiddleware(echo, firewall=fw)) as mw,
+            httpx.Client(base_url=gw.url, timeout=30) as gc,
+            httpx.Client(base_url=mw.url, timeout=30) as mc,
+        ):
+            yield upstream, echo, gc, mc
 
 
 def _bodies(text: str) -> list[bytes]:

@@ -37,7 +37,7 @@ import httpx
 import pytest
 import yaml
 
-from tests.integration_helpers import ServerThread
+from tests.integration_helpers import ServerThread, wait_healthy
 from tests.integrations.test_gateway import FakeUpstream
 from tests.litellm_helpers import MASTER_KEY, free_port
 
@@ -304,7 +304,13 @@ def test_litellm_proxy_with_the_packaged_config(flow: Flow) -> None:
                 stdin=subprocess.DEVNULL, start_new_session=True,
             )  # fmt: skip
             try:
-                _wait_ready(proc, f"http://127.0.0.1:{port}", flow.root / "litellm.log")
+                log = flow.root / "litellm.log"
+                wait_healthy(
+                    proc,
+                    f"http://127.0.0.1:{port}/health/liveliness",
+                    lambda: log.read_text()[-6000:],
+                    what="litellm",
+                )
             except BaseException:
                 _stop(proc)
                 raise
@@ -340,23 +346,6 @@ def test_litellm_proxy_with_the_packaged_config(flow: Flow) -> None:
 def chats(fake: FakeUpstream) -> list[dict[str, Any]]:
     """The chat requests the fake upstream received (LiteLLM also asks for /v1/models)."""
     return [r for r in fake.recorded if r["path"] == "/v1/chat/completions"]
-
-
-def _wait_ready(proc: subprocess.Popen[bytes], url: str, log: Path, timeout: float = 180) -> None:
-    deadline = time.monotonic() + timeout
-    with httpx.Client(timeout=2.0, trust_env=False) as client:
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise AssertionError(
-                    f"litellm exited {proc.returncode}:\n{log.read_text()[-6000:]}"
-                )
-            try:
-                if client.get(f"{url}/health/liveliness").status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-    raise AssertionError(f"litellm not ready within {timeout:.0f} s:\n{log.read_text()[-6000:]}")
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:

@@ -19,7 +19,7 @@ import pytest
 from alknet_firewall import cli
 from alknet_firewall.config import load_settings
 from alknet_firewall.firewall import Firewall
-from tests.fakes import FakeModel, benign_text, fit_fake_codebook
+from tests.fakes import FakeModel, benign_text
 from tests.integration_helpers import child_env, codebook_path
 
 N = 24
@@ -27,13 +27,8 @@ SLEEP_S = 0.1
 TIMEOUT_S = 0.35  # three or four batches: without the batch rule, most of the 24 time out
 
 
-@pytest.fixture(scope="module")
-def codebook() -> Any:
-    return fit_fake_codebook(FakeModel())
-
-
 @pytest.fixture
-def slow_firewall(codebook: Any) -> Iterator[Any]:
+def slow_firewall(fake_codebook: Any) -> Iterator[Any]:
     model = FakeModel()
     settings = load_settings(
         None,
@@ -45,7 +40,7 @@ def slow_firewall(codebook: Any) -> Iterator[Any]:
             "cache_size": 0,
         },
     )
-    fw = Firewall(settings, model=model, codebook=codebook)
+    fw = Firewall(settings, model=model, codebook=fake_codebook)
     model.sleep_s = SLEEP_S
     try:
         yield fw
@@ -66,9 +61,9 @@ def test_screen_many_safe_does_not_time_out_on_its_own_queue(slow_firewall: Any)
     assert all(getattr(v, "error", "exception") is None for v in results), results
 
 
-def test_screen_many_longer_than_the_queue_is_paced_not_refused(codebook: Any) -> None:
+def test_screen_many_longer_than_the_queue_is_paced_not_refused(fake_codebook: Any) -> None:
     settings = load_settings(None, pool={"workers": 1, "queue_size": 8, "warmup": False})
-    with Firewall(settings, model=FakeModel(), codebook=codebook) as fw:
+    with Firewall(settings, model=FakeModel(), codebook=fake_codebook) as fw:
         verdicts = fw.screen_many([benign_text(i) for i in range(5 * 8)])  # OverloadError before
     assert len(verdicts) == 40 and all(v.error is None for v in verdicts)
 
@@ -116,14 +111,14 @@ def test_cli_scan_exit_code_and_summary(
 
 
 def test_cli_scan_with_failed_items_exits_1(
-    codebook: Any,
+    fake_codebook: Any,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     model = FakeModel()
     settings = load_settings(None, pool={"workers": 1, "timeout_s": 0.2, "warmup": False})
-    fw = Firewall(settings, model=model, codebook=codebook)
+    fw = Firewall(settings, model=model, codebook=fake_codebook)
     model.sleep_s = 0.5  # every batch's own model work exceeds the timeout
     monkeypatch.setattr(cli, "_firewall", lambda args, single=False: fw)
     src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"

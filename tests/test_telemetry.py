@@ -26,14 +26,12 @@ from alknet_firewall import telemetry
 from alknet_firewall.config import load_settings
 from alknet_firewall.errors import BadInputError
 from alknet_firewall.firewall import Firewall
-from tests.fakes import FakeModel, attack_text, fit_fake_codebook
+from tests.fakes import FakeModel, attack_text
 from tests.integration_helpers import (
     ATTACK,
     BENIGN,
     ServerThread,
-    acquire_firewall,
     firewall_settings,
-    release_firewall,
 )
 
 TRACE_ID = 0x4BF92F3577B34DA6A3CE929D0E0E4736
@@ -54,11 +52,6 @@ def spans() -> Iterator[InMemorySpanExporter]:
     exporter.clear()
 
 
-@pytest.fixture(scope="module")
-def codebook() -> Any:
-    return fit_fake_codebook(FakeModel())
-
-
 def fake_firewall(codebook: Any, **settings: Any) -> tuple[Firewall, FakeModel]:
     model = FakeModel()
     s = load_settings(None, pool={"workers": 1, "warmup": False, "timeout_s": 5}, **settings)
@@ -76,8 +69,8 @@ def all_strings(span: ReadableSpan) -> list[str]:
     return [str(v) for v in values]
 
 
-def test_one_span_per_screening_with_timed_children(codebook: Any, spans: Any) -> None:
-    fw, _ = fake_firewall(codebook)
+def test_one_span_per_screening_with_timed_children(fake_codebook: Any, spans: Any) -> None:
+    fw, _ = fake_firewall(fake_codebook)
     text = attack_text(7_001)
     spans.clear()
     with fw:
@@ -89,7 +82,7 @@ def test_one_span_per_screening_with_timed_children(codebook: Any, spans: Any) -
     assert attrs["alknet_firewall.level"] == verdict.level == "critical"
     assert attrs["alknet_firewall.signal"] == "injection"
     assert attrs["alknet_firewall.score"] == pytest.approx(verdict.score)
-    assert attrs["alknet_firewall.codebook_id"] == codebook.id
+    assert attrs["alknet_firewall.codebook_id"] == fake_codebook.id
     assert attrs["alknet_firewall.policy"] == "default"
     assert attrs["alknet_firewall.n_texts"] == 1
     assert attrs["alknet_firewall.tokens"] == len(text.split())  # the fake model: one per word
@@ -114,8 +107,8 @@ def test_one_span_per_screening_with_timed_children(codebook: Any, spans: Any) -
             assert text not in value and not words & set(value.split()), (span.name, value)
 
 
-def test_errors_are_recorded_on_the_span(codebook: Any, spans: Any) -> None:
-    fw, model = fake_firewall(codebook)
+def test_errors_are_recorded_on_the_span(fake_codebook: Any, spans: Any) -> None:
+    fw, model = fake_firewall(fake_codebook)
     with fw:
         spans.clear()
         model.fail = RuntimeError("the model broke")
@@ -135,8 +128,8 @@ def test_errors_are_recorded_on_the_span(codebook: Any, spans: Any) -> None:
         assert str(span.events[0].attributes["exception.type"]).endswith("BadInputError")
 
 
-def test_async_and_batch_screening_are_traced_per_input(codebook: Any, spans: Any) -> None:
-    fw, _ = fake_firewall(codebook)
+def test_async_and_batch_screening_are_traced_per_input(fake_codebook: Any, spans: Any) -> None:
+    fw, _ = fake_firewall(fake_codebook)
     with fw:
         spans.clear()
         asyncio.run(fw.ascreen("what is the weather today"))
@@ -151,14 +144,14 @@ def test_async_and_batch_screening_are_traced_per_input(codebook: Any, spans: An
 
 
 def test_disabled_setting_and_missing_api_emit_nothing(
-    codebook: Any, spans: Any, monkeypatch: pytest.MonkeyPatch
+    fake_codebook: Any, spans: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    fw, _ = fake_firewall(codebook, telemetry={"enabled": False})
+    fw, _ = fake_firewall(fake_codebook, telemetry={"enabled": False})
     with fw:
         spans.clear()
         assert fw.screen(attack_text(7_002)).action == "block"
     assert spans.get_finished_spans() == ()
-    fw, _ = fake_firewall(codebook)
+    fw, _ = fake_firewall(fake_codebook)
     monkeypatch.setattr(telemetry, "_trace_api", False)  # as if the API were not installed
     with fw:
         assert fw.screen(attack_text(7_003)).action == "block"
@@ -194,10 +187,10 @@ def test_without_the_api_screening_works(run_py: Any) -> None:
     assert proc.stdout.strip().splitlines()[-1] == "block False"
 
 
-def test_parent_span_given_by_the_caller(codebook: Any, spans: Any) -> None:
+def test_parent_span_given_by_the_caller(fake_codebook: Any, spans: Any) -> None:
     """``under_span`` (LiteLLM's ``parent_otel_span``) makes the screening its child."""
     tracer = trace.get_tracer("test")
-    fw, _ = fake_firewall(codebook)
+    fw, _ = fake_firewall(fake_codebook)
     with fw:
         spans.clear()
         parent = tracer.start_span("litellm_request")
@@ -212,13 +205,6 @@ def test_parent_span_given_by_the_caller(codebook: Any, spans: Any) -> None:
 # --------------------------------------------------------------------------------------------
 # The caller's trace, through real servers (the real model)
 # --------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def real_firewall() -> Iterator[Any]:
-    fw = acquire_firewall()
-    yield fw
-    release_firewall()
-
-
 def _assert_child_of_traceparent(spans: InMemorySpanExporter, action: str) -> None:
     (screen,) = named(spans, telemetry.SCREEN_SPAN)
     assert screen.context.trace_id == TRACE_ID
@@ -292,14 +278,14 @@ def test_gateway_continues_the_trace_and_forwards_the_header(
 
 
 @pytest.mark.slow
-def test_litellm_guardrail_screens_under_litellms_span(codebook: Any, spans: Any) -> None:
+def test_litellm_guardrail_screens_under_litellms_span(fake_codebook: Any, spans: Any) -> None:
     pytest.importorskip("litellm")
     from litellm.proxy._types import UserAPIKeyAuth
     from litellm.types.guardrails import GuardrailEventHooks
 
     from alknet_firewall.integrations.litellm.guardrail import AlknetFirewallGuardrail
 
-    fw, _ = fake_firewall(codebook)
+    fw, _ = fake_firewall(fake_codebook)
     g = AlknetFirewallGuardrail(guardrail_name="fw", event_hook="pre_call", default_on=True)
 
     async def firewall() -> Firewall:

@@ -6,7 +6,6 @@ Actions and levels must be identical; scores may move by bf16 batch-shape noise 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 from collections.abc import Iterator
@@ -18,6 +17,7 @@ import pytest
 
 from alknet_firewall.codebook import load_codebook
 from alknet_firewall.corpus import iter_jsonl
+from tests.scripts_loader import load_script
 
 pytestmark = pytest.mark.slow
 
@@ -25,15 +25,6 @@ ROOT = Path(__file__).resolve().parents[1]
 FIXTURE = ROOT / "tests" / "data" / "verdict_fixture.json"
 #: bf16 forward passes move scores by ~1e-3 between batch shapes; the fixture is rounded to 1e-4.
 TOLERANCE = 2e-3
-
-
-def _script() -> ModuleType:
-    path = ROOT / "scripts" / "make_verdict_fixture.py"
-    spec = importlib.util.spec_from_file_location("make_verdict_fixture", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +41,7 @@ def fixture() -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def script() -> ModuleType:
-    return _script()
+    return load_script("scripts/make_verdict_fixture.py")
 
 
 @pytest.fixture(scope="module")

@@ -44,11 +44,8 @@ SMALL = {
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[ModelServerProcess]:
-    srv = ModelServerProcess(free_port(), **SMALL).start()
-    try:
+    with ModelServerProcess(free_port(), **SMALL) as srv:
         yield srv
-    finally:
-        srv.stop()
 
 
 def _remote(url: str, **extra: Any) -> Any:

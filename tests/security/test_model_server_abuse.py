@@ -43,11 +43,8 @@ LEGIT = b'{"protocol":1,"n_texts":1,"windows":[[0,0,0,[19556,905,253,5248,47]]]}
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[ModelServerProcess]:
-    srv = ModelServerProcess(free_port(), **ENV).start()
-    try:
+    with ModelServerProcess(free_port(), **ENV) as srv:
         yield srv
-    finally:
-        srv.stop()
 
 
 def _post(url: str, body: bytes, headers: dict[str, str] | None = None) -> httpx.Response:
