@@ -255,12 +255,17 @@ def _check_content(content: Any, path: str) -> None:
         )
 
 
+def _array(value: Any, path: str) -> list[Any]:
+    """``value`` as a list of items: none when absent (null), an error when not an array."""
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise BadInputError(f"{path} must be an array, not {json_type(value)}")
+    return value
+
+
 def _messages(c: _Collector, msgs: Any, path: str) -> None:
-    if msgs is None:
-        return
-    if not isinstance(msgs, list):
-        raise BadInputError(f"'{path}' must be an array, not {json_type(msgs)}")
-    for i, msg in enumerate(msgs):
+    for i, msg in enumerate(_array(msgs, path)):
         at = f"{path}[{i}]"
         if not isinstance(msg, Mapping):
             raise BadInputError(f"{at} must be an object, not {json_type(msg)}")
@@ -270,10 +275,7 @@ def _messages(c: _Collector, msgs: Any, path: str) -> None:
         c.add(f"{at}.content", role, content, primary=True)
         c.text(f"{at}.name", role, msg.get("name"))
         c.text(f"{at}.refusal", role, msg.get("refusal"))
-        calls = msg.get("tool_calls")
-        if calls is not None and not isinstance(calls, list):
-            raise BadInputError(f"{at}.tool_calls must be an array")
-        for k, call in enumerate(calls or []):
+        for k, call in enumerate(_array(msg.get("tool_calls"), f"{at}.tool_calls")):
             if not isinstance(call, Mapping):
                 raise BadInputError(f"{at}.tool_calls[{k}] must be an object")
             fn, custom = call.get("function"), call.get("custom")
@@ -434,11 +436,7 @@ def _content_field(c: _Collector, path: str, role: str, value: Any) -> None:
 # Tool definitions and JSON schemas
 # --------------------------------------------------------------------------------------------
 def _tools(c: _Collector, tools: Any, path: str) -> None:
-    if tools is None:
-        return
-    if not isinstance(tools, list):
-        raise BadInputError(f"{path} must be an array, not {json_type(tools)}")
-    for k, tool in enumerate(tools):
+    for k, tool in enumerate(_array(tools, path)):
         _tool(c, tool, f"{path}[{k}]", 0)
 
 
