@@ -453,16 +453,19 @@ def _offsets_of(
     offsets: Callable[[str], Sequence[tuple[int, int]]], t: TrainingText, index: int
 ) -> Sequence[tuple[int, int]]:
     """``offsets(t.text)``, or a ModelError that says which text and what to do."""
-    try:
-        offs: Sequence[tuple[int, int]] | None = offsets(t.text)
-        reason = "none given"
-    except ModelError as exc:
-        offs, reason = None, str(exc)
-    if offs is None:
-        raise ModelError(
+
+    def missing(reason: str) -> ModelError:
+        return ModelError(
             f"span labels need the token offsets of text {index} (source {t.source!r}), and the "
             f"model cannot give them ({reason}): fit with a backend whose tokenizer gives "
             "offsets (the local transformers backend), or without span rows "
             "(codebook build --span 0)"
         )
+
+    try:
+        offs: Sequence[tuple[int, int]] | None = offsets(t.text)
+    except ModelError as exc:
+        raise missing(str(exc)) from exc
+    if offs is None:
+        raise missing("none given")
     return offs
