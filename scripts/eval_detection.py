@@ -38,17 +38,15 @@ import numpy as np
 from alknet_firewall.codebook import load_codebook
 from alknet_firewall.config import load_settings
 from alknet_firewall.constants import LEVELS
-from alknet_firewall.corpus import cached_extract, read_jsonl
-from alknet_firewall.evaluation import roc_auc, summarise, tpr_at_fpr, write_report
-from alknet_firewall.fitting import CodebookBuilder, contexts_of
-from alknet_firewall.integrations.console.highlight import token_offsets
 from alknet_firewall.model import load_model
 from alknet_firewall.scoring import Scorer, adjust, level_for, request_score
-from alknet_firewall.trainset import (
+from alknet_firewall.training.corpus import cached_extract, read_corpus
+from alknet_firewall.training.evaluation import roc_auc, summarise, tpr_at_fpr, write_report
+from alknet_firewall.training.fitting import CodebookBuilder, contexts_of
+from alknet_firewall.training.trainset import (
     SUSPICIOUS_RATE_FACTOR,
     SUSPICIOUS_STYLES,
     TrainingText,
-    read_corpus,
     span_labels,
     training_set,
 )
@@ -183,7 +181,7 @@ def main() -> int:
     )
     if variant["min_span"]:
         feats = feats.without_short_spans()
-    labels_rows = span_labels(feats, texts, lambda text: token_offsets(model, text))
+    labels_rows = span_labels(feats, texts, model.token_offsets)
     if not variant["spans"]:
         labels_rows = labels_rows[feats.full]
         feats = feats.only_full()
@@ -383,7 +381,7 @@ def main() -> int:
     # Hand-written probes with the shipped default codebook (tests/data/probes.jsonl).
     from alknet_firewall.firewall import Firewall
 
-    probes = read_jsonl([Path(__file__).parent.parent / "tests" / "data" / "probes.jsonl"])
+    probes = read_corpus(Path(__file__).parent.parent / "tests" / "data" / "probes.jsonl")
     with Firewall(settings.merged(pool={"warmup": False})) as fw:
         verdicts = fw.screen_many([p.text for p in probes])
         thresholds = fw.thresholds(fw.settings.policy())

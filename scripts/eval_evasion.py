@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from alknet_firewall.config import load_settings
-from alknet_firewall.corpus import read_jsonl
 from alknet_firewall.firewall import Firewall
+from alknet_firewall.training.corpus import read_corpus
 
 LEET = str.maketrans({"a": "4", "e": "3", "i": "1", "o": "0", "s": "5", "t": "7"})
 HOMO = str.maketrans({"a": "\u0430", "e": "\u0435", "o": "\u043e", "p": "\u0440", "c": "\u0441"})
@@ -55,7 +55,7 @@ def main() -> int:
     ap.add_argument("--per-kind", type=int, default=40)
     args = ap.parse_args()
     rng = random.Random(0)
-    records = read_jsonl([args.corpus])
+    records = read_corpus(args.corpus)
     sample = []
     for kind in ("direct_injection", "prompt_extraction", "jailbreak", "harmful_request"):
         pool = [r for r in records if r.kind == kind and len(r.text) < 1500]

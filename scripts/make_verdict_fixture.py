@@ -35,8 +35,8 @@ from typing import Any
 import numpy as np
 
 from alknet_firewall.config import load_settings
-from alknet_firewall.corpus import iter_jsonl
 from alknet_firewall.firewall import Firewall
+from alknet_firewall.training.corpus import iter_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
 PROBES = ROOT / "tests" / "data" / "probes.jsonl"

@@ -120,7 +120,7 @@ def attack_text(i: int) -> str:
 
 
 def fit_fake_codebook(model: FakeModel, n: int = 600) -> Any:
-    from alknet_firewall.fitting import CodebookBuilder
+    from alknet_firewall.training.fitting import CodebookBuilder
 
     texts = [benign_text(i) for i in range(n)] + [attack_text(i) for i in range(n // 3)]
     kinds = ["benign"] * n + ["direct_injection"] * (n // 3)

@@ -17,7 +17,7 @@ from alknet_firewall.errors import (
     CorpusError,
 )
 from alknet_firewall.features import WindowFeatures
-from alknet_firewall.fitting import CodebookBuilder, calibrate
+from alknet_firewall.training.fitting import CodebookBuilder, calibrate
 
 D = 24
 

@@ -13,8 +13,8 @@ from alknet_firewall.codebook import load_codebook
 from alknet_firewall.config import load_settings
 from alknet_firewall.features import WindowFeatures
 from alknet_firewall.firewall import Firewall
-from alknet_firewall.fitting import CodebookBuilder
 from alknet_firewall.scoring import Scorer
+from alknet_firewall.training.fitting import CodebookBuilder
 from tests.fakes import FakeModel, attack_text, benign_text, fake_firewall
 
 D = 16
@@ -195,7 +195,7 @@ def test_each_text_part_is_screened_on_its_own_too(fake_codebook: Any) -> None:
 
 def test_recalibration_needs_the_span_rows_the_codebook_reads() -> None:
     from alknet_firewall.errors import CorpusError
-    from alknet_firewall.fitting import calibrate
+    from alknet_firewall.training.fitting import calibrate
 
     feats, kinds, _, labels = synthetic(600, 150, seed=5)
     cb = (

@@ -15,7 +15,6 @@ from alknet_firewall.config import load_settings
 from alknet_firewall.distributions import SplineCDF
 from alknet_firewall.features import WindowFeatures
 from alknet_firewall.firewall import Firewall
-from alknet_firewall.fitting import calibrate
 from alknet_firewall.scoring import (
     MIN_CRITICAL_TOKENS,
     SHORT_TOKENS,
@@ -25,6 +24,7 @@ from alknet_firewall.scoring import (
     request_score,
     text_context,
 )
+from alknet_firewall.training.fitting import calibrate
 from tests.fakes import FakeModel, attack_text, benign_text, fake_firewall, fit_fake_codebook
 
 
@@ -149,8 +149,8 @@ def test_calibration_fits_groups_and_holds_the_rate_in_each(fake_codebook: Any) 
     assert grouped.metadata["calibration_groups"] == {"short": 600}
 
     def flagged(cb: Any, lo: int, hi: int) -> float:
-        from alknet_firewall.fitting import contexts_of
         from alknet_firewall.scoring import Scorer
+        from alknet_firewall.training.fitting import contexts_of
 
         texts_scored = Scorer(cb, clip=False).score_features(feats).texts
         ctx = contexts_of(texts, feats)
@@ -305,7 +305,7 @@ def test_attacks_are_still_caught_alone_and_inside_a_request(real_firewall: Any)
 def test_recalibrating_without_a_group_says_so(fake_codebook: Any, caplog: Any) -> None:
     grouped = _with_group(fake_codebook, "lang:cjk", np.linspace(0, 1, 100))
     feats = _features(200, 3, 0.0, 40)
-    with caplog.at_level("WARNING", logger="alknet_firewall.fitting"):
+    with caplog.at_level("WARNING", logger="alknet_firewall.training.fitting"):
         mine = calibrate(grouped, feats, texts=["plain english words " * 8] * 200)
     assert not mine.group_knots
     assert "lang:cjk" in caplog.text and "no longer calibrated" in caplog.text

@@ -10,8 +10,8 @@ from alknet_firewall.codebook import BENIGN_KINDS, LayerStats
 from alknet_firewall.distributions import SplineCDF
 from alknet_firewall.errors import CorpusError
 from alknet_firewall.features import WindowFeatures
-from alknet_firewall.fitting import CodebookBuilder, calibrate
 from alknet_firewall.scoring import Scorer
+from alknet_firewall.training.fitting import CodebookBuilder, calibrate
 
 D = 20
 
@@ -95,7 +95,7 @@ def test_builder_stores_its_parameters_as_given() -> None:
 
 
 def test_span_rows_are_capped_evenly_per_text_and_class() -> None:
-    from alknet_firewall.fitting import _evenly_capped
+    from alknet_firewall.training.fitting import _evenly_capped
 
     key = np.array([0] * 10 + [1] * 3 + [2] * 6)
     mask = np.ones(len(key), dtype=bool)

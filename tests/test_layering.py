@@ -1,5 +1,9 @@
 """The package is layered: no import cycle, and no module imports a higher layer.
 
+The offline wing (``training``: corpus, fitting set, fitting, evaluation) sits above the
+runtime: it may import any runtime module, no runtime module may import it, and only the
+entry points (``cli``, ``__init__``) reach into it.
+
 Every ``import`` of ``src/alknet_firewall`` is read with :mod:`ast` — at module level, inside
 functions and under ``TYPE_CHECKING`` alike, since a function-local import is still a
 dependency. The layers (lowest first) are the ones drawn in ``docs/concepts.md``; a new module
@@ -11,8 +15,6 @@ from __future__ import annotations
 import ast
 from fnmatch import fnmatch
 from pathlib import Path
-
-import pytest
 
 PACKAGE = "alknet_firewall"
 SRC = Path(__file__).resolve().parents[1] / "src" / PACKAGE
@@ -28,7 +30,6 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "logs",
             "normalize",
             "metrics",
-            "evaluation",
             "hardware",
             "language",
             "features",
@@ -39,18 +40,20 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ),
     ("settings", ("config",)),
     ("models and runtime parts", ("model", "model.*", "distributions", "pool", "recorder")),
-    ("codebook and training data", ("codebook", "corpus", "trainset")),
+    ("codebook", ("codebook",)),
     ("scoring", ("scoring",)),
-    ("verdicts and fitting", ("verdict", "fitting")),
+    ("verdicts", ("verdict",)),
     ("firewall", ("firewall", "scan")),
     (
         "integrations and servers",
         ("integrations", "integrations.*", "modelserver", "modelserver.*"),
     ),
+    ("offline training", ("training", "training.*")),
     ("entry points", ("cli", "__init__")),
 ]
-#: Offline tools nothing at runtime may import (only the entry points).
-OFFLINE = {"fitting": {"cli", "__init__"}}
+#: The offline wing: nothing at runtime imports it, only the entry points.
+OFFLINE = "training"
+ENTRY_POINTS = ("cli", "__init__")
 
 
 def _module_name(path: Path) -> str:
@@ -158,10 +161,37 @@ def test_no_import_cycle() -> None:
     assert not cycles, "import cycles:\n" + "\n".join(" -> ".join(c) for c in cycles)
 
 
-@pytest.mark.parametrize("offline", sorted(OFFLINE))
-def test_nothing_at_runtime_imports_offline_tools(offline: str) -> None:
-    importers = {m for m, deps in _graph().items() if offline in deps}
-    assert importers <= OFFLINE[offline], f"{offline} imported by {sorted(importers)}"
+def _is_offline(module: str) -> bool:
+    return module == OFFLINE or module.startswith(f"{OFFLINE}.")
+
+
+def _runtime_imports_of_training(graph: dict[str, set[str]]) -> list[str]:
+    """Imports of the offline wing by a module outside it that is not an entry point."""
+    return sorted(
+        f"{module} imports {dep}"
+        for module, deps in graph.items()
+        if not _is_offline(module) and module not in ENTRY_POINTS
+        for dep in deps
+        if _is_offline(dep)
+    )
+
+
+def test_nothing_at_runtime_imports_the_offline_wing() -> None:
+    assert not _runtime_imports_of_training(_graph())
+
+
+def test_the_offline_wing_is_enforced() -> None:
+    """A runtime module importing training fails both checks; training importing the runtime,
+    and the entry points importing training, do not."""
+    graph = {
+        "firewall": {"training.fitting", "scoring"},
+        "training.fitting": {"scoring", "codebook"},
+        "cli": {"training.corpus", "firewall"},
+    }
+    assert _runtime_imports_of_training(graph) == ["firewall imports training.fitting"]
+    assert _layer("training.fitting") > _layer("firewall") > _layer("scoring")
+    assert _layer("training") > _layer("integrations.gateway")
+    assert _layer("cli") > _layer("training.corpus")
 
 
 def test_the_checker_sees_function_local_and_relative_imports() -> None:

@@ -62,8 +62,8 @@ def test_public_api_reaches_the_fit_your_normal_workflow(run_py) -> None:
         """
         import sys
         import alknet_firewall as af
-        from alknet_firewall.corpus import extract
-        from alknet_firewall.fitting import calibrate
+        from alknet_firewall.training.corpus import extract
+        from alknet_firewall.training.fitting import calibrate
         assert af.calibrate is calibrate and af.extract is extract
         for name in af.__all__:
             getattr(af, name)

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from alknet_firewall.codebook import load_codebook
-from alknet_firewall.corpus import iter_jsonl
+from alknet_firewall.training.corpus import iter_jsonl
 from tests.scripts_loader import load_script
 
 pytestmark = pytest.mark.slow

@@ -24,7 +24,6 @@ from . import constants
 from .codebook import load_codebook
 from .config import load_settings
 from .constants import ALARM_LEVELS
-from .corpus import cached_extract, extract, files_digest, iter_jsonl, read_jsonl
 from .errors import (
     BadInputError,
     ConfigurationError,
@@ -32,19 +31,19 @@ from .errors import (
     FirewallError,
     ModelNotFoundError,
 )
-from .evaluation import summarise, write_report
 from .firewall import Firewall
-from .fitting import CodebookBuilder, calibrate
 from .logs import configure
 from .messages import extract_texts
 from .model import IDENTITY_KEYS, load_model, obtain_embedded, resolve
 from .model.onnx import export_onnx
 from .normalize import normalize
 from .scan import input_of, scan_chunk, scan_line
-from .trainset import (
+from .training.corpus import cached_extract, extract, files_digest, iter_jsonl, read_corpus
+from .training.evaluation import summarise, write_report
+from .training.fitting import CodebookBuilder, calibrate
+from .training.trainset import (
     SUSPICIOUS_RATE_FACTOR,
     SUSPICIOUS_STYLES,
-    read_corpus,
     span_labels,
     training_set,
 )
@@ -244,7 +243,7 @@ def scan_report(counts: dict[str, int], scanned: int) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
 
-    records = read_jsonl(args.inputs)
+    records = read_corpus(*args.inputs)
     with _firewall(args) as fw:
         verdicts = fw.screen_many(
             [r.text for r in records], policy=args.policy, return_exceptions=True, progress=True
@@ -275,8 +274,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_codebook_build(args: argparse.Namespace) -> int:
-    from .integrations.console.highlight import token_offsets
-
     settings = _settings(args)
     ms = settings.model.merged(
         dtype=args.dtype,
@@ -284,7 +281,7 @@ def cmd_codebook_build(args: argparse.Namespace) -> int:
         sub_window_stride=args.span_stride,
         **({"layers": tuple(int(x) for x in args.layers.split(","))} if args.layers else {}),
     )
-    texts = training_set([r for p in args.corpus for r in read_corpus(p)], seed=args.seed)
+    texts = training_set(read_corpus(*args.corpus), seed=args.seed)
     model = load_model(ms)
     feats = cached_extract(
         model,
@@ -293,14 +290,14 @@ def cmd_codebook_build(args: argparse.Namespace) -> int:
         cache=args.features_cache,
         key={},
     ).without_short_spans()
-    labels = span_labels(feats, texts, lambda text: token_offsets(model, text))
+    labels = span_labels(feats, texts, model.token_offsets) if args.span else None
     info = model.describe()
     meta = {
         "model": {k: info[k] for k in IDENTITY_KEYS},
         "corpus": {
             "digest": files_digest(args.corpus),
             "texts": len(texts),
-            "selection": "trainset.training_set (stratified, rule-based augmentations)",
+            "selection": "training.trainset.training_set (stratified, rule-based augmentations)",
             "max_windows": args.max_windows,
             "licences": "fitting statistics only; see docs/codebook.md (GPL-3.0 and CC-BY-SA "
             "sources, tensor_trust without a licence file)",
@@ -319,7 +316,7 @@ def cmd_codebook_build(args: argparse.Namespace) -> int:
         groups=[t.source for t in texts],
         families=[t.family for t in texts],
         styles=[t.style for t in texts],
-        span_labels=labels if args.span else None,
+        span_labels=labels,
         texts=[t.text for t in texts],
         fit_mask=[t.fits for t in texts],
         metadata=meta,

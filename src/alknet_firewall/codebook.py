@@ -8,7 +8,7 @@ Thresholds per alarm level are set on held-out benign texts for target false-pos
 
 Stored as one ``.safetensors`` file with JSON metadata in its header (see ``docs/codebook.md``).
 This module holds the data, its I/O and its check against a model; fitting is in
-:mod:`alknet_firewall.fitting`, scoring in :mod:`alknet_firewall.scoring`.
+:mod:`alknet_firewall.training.fitting`, scoring in :mod:`alknet_firewall.scoring`.
 
 Size (~470 lines): the dataclasses, the schema-1/2/3 reader, the digest and the model check
 share one tensor layout; apart they would each restate it.

@@ -1,6 +1,6 @@
 """Fitting and calibrating codebooks (scikit-learn style); nothing at runtime imports this.
 
-Size (~470 lines): the builder and :func:`calibrate` share the weighting and quantile helpers
+Size (~530 lines): the builder and :func:`calibrate` share the weighting and quantile helpers
 and the calibration-group rule; splitting them would split one procedure across files.
 
 :class:`CodebookBuilder` fits a :class:`~alknet_firewall.codebook.Codebook` from labelled
@@ -18,12 +18,12 @@ from __future__ import annotations
 import datetime as _dt
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
-from .codebook import (
+from ..codebook import (
     BENIGN_KINDS,
     DEFAULT_TARGET_FPR,
     DETECTION_SIGNALS,
@@ -32,24 +32,15 @@ from .codebook import (
     LayerStats,
     SignalHead,
 )
-from .constants import ALARM_LEVELS
-from .distributions import DEFAULT_PROBS, SplineCDF, surprise
-from .errors import ConfigurationError, CorpusError
-from .features import WindowFeatures
-from .scoring import Context, Scorer, adjust, group_key, text_context
+from ..constants import ALARM_LEVELS
+from ..distributions import DEFAULT_PROBS, SplineCDF, surprise
+from ..errors import ConfigurationError, CorpusError
+from ..features import WindowFeatures
+from ..scoring import Context, Scorer, adjust, group_key, text_context
 
-__all__ = ["CodebookBuilder", "Labelled", "calibrate", "contexts_of", "text_tokens"]
+__all__ = ["CodebookBuilder", "calibrate", "contexts_of", "text_tokens"]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Labelled:
-    """Window features with a kind and a group (source) per text."""
-
-    features: WindowFeatures
-    kinds: Sequence[str]
-    groups: Sequence[str] | None = None
 
 
 class CodebookBuilder:
@@ -337,7 +328,8 @@ def calibrate(
     """Fit score distributions and level thresholds on benign window features (no labels).
 
     This is how users fit *their* normal: run it on their own benign traffic
-    (``benign = corpus.extract(model, texts)``). Too few texts raise :class:`CorpusError`.
+    (``benign = extract(model, texts)``, :func:`~alknet_firewall.training.corpus.extract`).
+    Too few texts raise :class:`CorpusError`.
 
     With ``styles`` (one benign style per text: short chat, documents, code, ...), each level's
     threshold is the highest of the per-style thresholds (styles with at least

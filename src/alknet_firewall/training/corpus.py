@@ -1,16 +1,18 @@
-"""Labelled texts for fitting, calibrating and evaluating codebooks (the corpus JSONL schema).
+"""The labelled corpus (JSONL) and the window features of its texts.
 
-Each line: ``text``, ``label`` (0 benign, 1 attack), ``kind``, ``source`` and optional fields.
-Rule-based augmentation derives indirect-injection examples (an injection inside a benign
-document) and benign concatenations from the corpus itself; nothing outside it is used.
+One reader, :func:`read_corpus`, for every labelled file: the corpus a codebook is fitted on
+(``../shared/corpus``), evaluation sets (``alknet-firewall eval``) and probes. Each line is a
+JSON object: ``text``, ``label`` (0 benign, 1 attack), ``kind`` (optional for benign rows;
+an attack must say which kind it is), ``source`` (default: the file's name) and optional
+``meta``, ``filled`` and ``near_dup_of``. Blank lines are skipped; every error names the file
+and the 1-based line.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import random
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,38 +20,38 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from .errors import BadInputError
-from .features import Window, WindowFeatures
-from .model.base import IDENTITY_KEYS, ActivationModel
-from .normalize import normalize
+from ..errors import BadInputError, CorpusError
+from ..features import Window, WindowFeatures
+from ..model.base import IDENTITY_KEYS, ActivationModel
+from ..normalize import normalize
 
 __all__ = [
-    "DOCUMENT_SOURCES",
-    "INJECTION_KINDS",
-    "Record",
-    "augment",
+    "LabelledText",
     "cached_extract",
     "extract",
     "files_digest",
     "iter_jsonl",
-    "read_jsonl",
-    "select_windows",
+    "read_corpus",
 ]
 
 
-INJECTION_KINDS = ("direct_injection", "prompt_extraction")
-DOCUMENT_SOURCES = ("gsm8k", "self_instruct", "oasst", "fastchat", "truthfulqa", "humaneval")
-
-
 @dataclass(frozen=True)
-class Record:
+class LabelledText:
+    """One line of a labelled JSONL file, as written."""
+
     text: str
+    #: 0 benign, 1 attack.
     label: int
     kind: str
     source: str
-    #: Group kept together in splits (a source; augmented rows keep their origin's group).
-    group: str
-    extra: dict[str, Any] = field(default_factory=dict)
+    #: The file's name and the 1-based line the text is on.
+    file: str
+    line: int
+    meta: dict[str, Any] = field(default_factory=dict)
+    #: A jailbreak template whose question slot was filled (corpus ``filled``).
+    filled: bool = False
+    #: The file of the text this one nearly duplicates (corpus ``near_dup_of.file``).
+    near_dup_of: str | None = None
 
 
 def iter_jsonl(path: str | Path) -> Iterator[tuple[int, Any]]:
@@ -64,28 +66,63 @@ def iter_jsonl(path: str | Path) -> Iterator[tuple[int, Any]]:
                 raise BadInputError(f"{path}:{n}: invalid JSON: {exc}") from None
 
 
-def read_jsonl(paths: Iterable[str | Path]) -> list[Record]:
-    """Read labelled JSONL files (a directory means every ``*.jsonl`` in it)."""
+def _jsonl_files(paths: Sequence[str | Path]) -> list[Path]:
+    """The files ``paths`` name, a directory standing for its ``*.jsonl`` files (by name)."""
     files: list[Path] = []
-    for p in paths:
-        p = Path(p)
-        files.extend(sorted(p.glob("*.jsonl")) if p.is_dir() else [p])
+    for p in map(Path, paths):
+        if p.is_dir():
+            files.extend(sorted(p.glob("*.jsonl")))
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise CorpusError(f"{p}: no such file or directory")
     if not files:
-        raise BadInputError("no JSONL files given")
-    out: list[Record] = []
-    for f in files:
-        for n, obj in iter_jsonl(f):
-            text = obj.get("text")
-            if not isinstance(text, str):
-                raise BadInputError(f"{f}:{n}: 'text' must be a string")
-            label = int(obj.get("label", 0))
-            kind = str(obj.get("kind") or ("benign" if label == 0 else "direct_injection"))
-            source = str(obj.get("source") or f.stem)
-            out.append(Record(text, label, kind, source, source))
-    return out
+        raise CorpusError(
+            f"no corpus JSONL files in {', '.join(map(str, paths)) or '(none given)'}"
+        )
+    return files
 
 
-def files_digest(paths: Iterable[str | Path]) -> str:
+def read_corpus(*paths: str | Path) -> list[LabelledText]:
+    """Every row of the labelled JSONL files ``paths`` (a directory: its ``*.jsonl`` files,
+    sorted by name), in order. A row that does not fit the schema raises
+    :class:`~alknet_firewall.errors.CorpusError` naming its file and line."""
+    rows: list[LabelledText] = []
+    for f in _jsonl_files(paths):
+        for n, o in iter_jsonl(f):
+            rows.append(_row(o, f, n))
+    return rows
+
+
+def _row(o: Any, f: Path, n: int) -> LabelledText:
+    where = f"{f}:{n}"
+    if not isinstance(o, dict) or not isinstance(o.get("text"), str):
+        raise CorpusError(f"{where}: each line must be an object with a string 'text'")
+    label = o.get("label")
+    if label not in (0, 1) or isinstance(label, bool):
+        raise CorpusError(f"{where}: 'label' must be 0 (benign) or 1 (attack), got {label!r}")
+    kind = o.get("kind") or ("benign" if label == 0 else None)
+    if kind is None:
+        raise CorpusError(
+            f"{where}: an attack (label 1) needs its 'kind' (direct_injection, "
+            "indirect_injection, prompt_extraction, jailbreak or harmful_request)"
+        )
+    nd = o.get("near_dup_of")
+    return LabelledText(
+        text=o["text"],
+        label=int(label),
+        kind=str(kind),
+        source=str(o.get("source") or f.stem),
+        file=f.name,
+        line=n,
+        meta=dict(o.get("meta") or {}),
+        filled=bool(o.get("filled")),
+        near_dup_of=nd.get("file") if isinstance(nd, dict) else None,
+    )
+
+
+def files_digest(paths: Sequence[str | Path]) -> str:
+    """SHA-256 over the names and contents of the JSONL files ``paths`` name."""
     h = hashlib.sha256()
     for p in paths:
         p = Path(p)
@@ -95,68 +132,7 @@ def files_digest(paths: Iterable[str | Path]) -> str:
     return "sha256:" + h.hexdigest()
 
 
-def augment(records: Sequence[Record], *, seed: int = 0, indirect: bool = False) -> list[Record]:
-    """Rule-based variants: benign concatenations, short benign fragments (the first words of
-    benign texts) and, with ``indirect``, injections embedded in benign documents.
-
-    The leave-source-out runs (ADR 0001) kept concatenations and fragments: fragments stop
-    "hi" and "ok" from scoring as attacks, concatenations teach that length is not an attack.
-    Embedded injections lowered the AUC (0.94 → 0.91): every window of the document is labelled
-    an attack, so the heads learnt the documents. They are off by default.
-    """
-    rng = random.Random(seed)
-    docs = [r for r in records if r.label == 0 and r.source in DOCUMENT_SOURCES]
-    if not docs:
-        return []
-    out: list[Record] = []
-    injections = [r for r in records if r.kind in INJECTION_KINDS]
-    if indirect:
-        for r in injections:
-            doc = rng.choice(docs)
-            sentences = doc.text.split(". ")
-            if len(sentences) > 2 and rng.random() < 0.5:
-                cut = rng.randrange(1, len(sentences))
-                text = ". ".join(sentences[:cut]) + ". " + r.text + " " + ". ".join(sentences[cut:])
-            else:
-                text = doc.text.rstrip() + "\n\n" + r.text
-            out.append(
-                Record(
-                    text,
-                    1,
-                    "indirect_injection",
-                    f"aug:{r.source}",
-                    r.group,
-                    {"augmented": True, "doc_source": doc.source},
-                )
-            )
-    # Short benign inputs ("hi", "thanks", a half-typed question) are common in real traffic and
-    # rare in the corpus: the first 1-6 words of benign texts stand in for them.
-    benign = [r for r in records if r.label == 0]
-    for r in rng.sample(benign, min(len(benign), 800)):
-        words = r.text.split()
-        if len(words) < 2:
-            continue
-        k = rng.choice((1, 1, 2, 2, 3, 4, 6))
-        out.append(
-            Record(" ".join(words[:k]), 0, r.kind, f"aug:{r.source}", r.group, {"augmented": True})
-        )
-    # Two benign documents back to back are still benign.
-    for _ in range(max(len(injections), 500)):
-        a, b = rng.sample(docs, 2)
-        out.append(
-            Record(
-                a.text.rstrip() + "\n\n" + b.text,
-                0,
-                "benign",
-                f"aug:{a.source}",
-                a.group,
-                {"augmented": True, "doc_source": b.source},
-            )
-        )
-    return out
-
-
-def select_windows(wins: list[Window], n_texts: int, max_windows: int | None) -> list[Window]:
+def _select_windows(wins: list[Window], n_texts: int, max_windows: int | None) -> list[Window]:
     """Keep at most ``max_windows`` evenly spaced windows per text (first and last included)."""
     if not max_windows:
         return wins
@@ -184,7 +160,7 @@ def extract(
 ) -> WindowFeatures:
     """Window features of many texts, in chunks, with a progress bar on stderr.
 
-    With :func:`alknet_firewall.fitting.calibrate` this fits a codebook to *your* normal:
+    With :func:`alknet_firewall.training.fitting.calibrate` this fits a codebook to *your* normal:
     ``calibrate(codebook, extract(model, my_benign_texts))``.
     """
     parts: list[WindowFeatures] = []
@@ -194,7 +170,7 @@ def extract(
         if normalize_text:
             batch = [normalize(t) for t in batch]
         wins = model.windows(model.tokenize(batch))
-        wins = select_windows(wins, len(batch), max_windows)
+        wins = _select_windows(wins, len(batch), max_windows)
         parts.append(model.encode_token_windows(wins, len(batch)))
         bar.update(len(batch))
     bar.close()

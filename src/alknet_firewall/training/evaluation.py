@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from .constants import LEVELS
+from ..constants import LEVELS
 
 __all__ = [
     "FLAGGED_LEVELS",

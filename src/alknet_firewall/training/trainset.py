@@ -1,6 +1,6 @@
 """The texts a codebook is fitted on: the corpus, rule-based augmentations, styles and families.
 
-Size (~500 lines): one deterministic recipe — selection, six augmentation rules, styles,
+Size (~470 lines): one deterministic recipe — selection, six augmentation rules, styles,
 families, span labels — whose parts share the corpus rows and one random stream; split apart
 they would have to pass both around.
 
@@ -26,27 +26,24 @@ prompts, look-alikes), which calibration uses to hold the false-positive rate pe
 from __future__ import annotations
 
 import hashlib
-import json
 import random
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
-from pathlib import Path
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
-from .errors import BadInputError
-from .features import WindowFeatures
-from .normalize import normalize
+from ..errors import ModelError
+from ..features import WindowFeatures
+from ..normalize import normalize
+from .corpus import LabelledText
 
 __all__ = [
     "BENIGN_STYLES",
     "STYLE_OF_SOURCE",
     "SUSPICIOUS_RATE_FACTOR",
     "SUSPICIOUS_STYLES",
-    "CorpusRow",
     "TrainingText",
-    "read_corpus",
     "span_labels",
     "training_set",
 ]
@@ -130,21 +127,6 @@ TEMPLATE_GROUPS = 3
 
 
 @dataclass(frozen=True)
-class CorpusRow:
-    """One line of a corpus JSONL file, as written."""
-
-    text: str
-    label: int
-    kind: str
-    source: str
-    file: str
-    line: int
-    meta: dict[str, Any] = field(default_factory=dict)
-    filled: bool = False
-    near_dup_of: str | None = None
-
-
-@dataclass(frozen=True)
 class TrainingText:
     """A text to fit on: normalised as the model reads it, with its label and provenance."""
 
@@ -172,40 +154,7 @@ class TrainingText:
         return self.language == "en"
 
 
-def read_corpus(path: str | Path) -> list[CorpusRow]:
-    """Every row of every ``*.jsonl`` file in ``path`` (sorted by file name)."""
-    root = Path(path)
-    files = sorted(root.glob("*.jsonl")) if root.is_dir() else [root] if root.is_file() else []
-    if not files:
-        raise BadInputError(f"no corpus JSONL files in {root}")
-    rows: list[CorpusRow] = []
-    for f in files:
-        with f.open(encoding="utf-8") as fh:
-            for n, line in enumerate(fh):
-                try:
-                    o = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise BadInputError(f"{f}:{n + 1}: invalid JSON: {exc}") from None
-                if not isinstance(o.get("text"), str):
-                    raise BadInputError(f"{f}:{n + 1}: 'text' must be a string")
-                nd = o.get("near_dup_of")
-                rows.append(
-                    CorpusRow(
-                        text=o["text"],
-                        label=int(o.get("label", 0)),
-                        kind=str(o.get("kind") or "benign"),
-                        source=str(o.get("source") or f.stem),
-                        file=f.name,
-                        line=n,
-                        meta=dict(o.get("meta") or {}),
-                        filled=bool(o.get("filled")),
-                        near_dup_of=nd.get("file") if isinstance(nd, dict) else None,
-                    )
-                )
-    return rows
-
-
-def _family(row: CorpusRow) -> str:
+def _family(row: LabelledText) -> str:
     if row.source == "injecagent" and "template_id" in row.meta:
         return f"injecagent:{int(row.meta['template_id']) % TEMPLATE_GROUPS}"
     if row.source == "agentdojo" and row.meta.get("suite"):
@@ -217,7 +166,7 @@ def _family(row: CorpusRow) -> str:
     return row.source
 
 
-def _style(row: CorpusRow) -> str | None:
+def _style(row: LabelledText) -> str | None:
     """A benign corpus row's style: its source's, refined where a source mixes styles."""
     if _language(row) != "en":
         return "non_english"
@@ -229,12 +178,12 @@ def _style(row: CorpusRow) -> str | None:
     return STYLE_OF_SOURCE.get(row.source)
 
 
-def _language(row: CorpusRow) -> str:
+def _language(row: LabelledText) -> str:
     lang = row.meta.get("language") or row.meta.get("lang") or "en"
     return str(lang)
 
 
-def _origins(row: CorpusRow) -> tuple[str, ...]:
+def _origins(row: LabelledText) -> tuple[str, ...]:
     out = [row.source]
     injected = row.meta.get("injected_text") if row.source == "injecagent" else None
     if injected:
@@ -254,7 +203,7 @@ def _origins(row: CorpusRow) -> tuple[str, ...]:
 
 
 def training_set(
-    rows: Sequence[CorpusRow],
+    rows: Sequence[LabelledText],
     *,
     benign_cap: int = 250,
     attack_cap: int = 300,
@@ -335,7 +284,7 @@ def training_set(
     # 6. BIPIA's attacker instructions are attacks only inside the data they are planted in
     #    ("What is the capital of Brazil?" alone is a benign question): each is planted in a
     #    BIPIA context of its kind (code in code, text in e-mails and tables), span-labelled.
-    contexts: dict[str, list[CorpusRow]] = {}
+    contexts: dict[str, list[LabelledText]] = {}
     for r in benign:
         if r.source == "bipia" and r.meta.get("part") == "context":
             contexts.setdefault("code" if r.meta.get("task") == "code" else "text", []).append(r)
@@ -353,7 +302,7 @@ def training_set(
         t = _attack(text, r.text, r, origins=(*_origins(r), *_origins(d)))
         aug["bipia"].append(replace(t, source="bipia", family=_family(r), aug="bipia"))
     # Stratified selection of the corpus itself (BIPIA's bare instructions only planted, 6.).
-    by_source: dict[str, list[CorpusRow]] = {}
+    by_source: dict[str, list[LabelledText]] = {}
     for r in rows:
         if r.source == "bipia" and r.label == 1:
             continue
@@ -380,7 +329,7 @@ def training_set(
     return out
 
 
-def _corpus_text(r: CorpusRow, carriers: dict[Any, str] | None = None) -> TrainingText:
+def _corpus_text(r: LabelledText, carriers: dict[Any, str] | None = None) -> TrainingText:
     text = normalize(r.text)
     span = None
     injected = r.meta.get("injected_text") if r.source == "injecagent" else None
@@ -407,7 +356,7 @@ def _corpus_text(r: CorpusRow, carriers: dict[Any, str] | None = None) -> Traini
     )
 
 
-def _benign(text: str, source: str, family: str, aug: str, origin: CorpusRow) -> TrainingText:
+def _benign(text: str, source: str, family: str, aug: str, origin: LabelledText) -> TrainingText:
     style = "short_chat" if aug == "fragment" else STYLE_OF_SOURCE[source]
     if aug == "fragment" and origin.source in STYLE_OF_SOURCE:
         style = "short_reply" if origin.source == "dialogue_turns" else "short_chat"
@@ -426,7 +375,7 @@ def _benign(text: str, source: str, family: str, aug: str, origin: CorpusRow) ->
 
 
 def _attack(
-    text: str, payload: str, origin: CorpusRow, *, origins: tuple[str, ...]
+    text: str, payload: str, origin: LabelledText, *, origins: tuple[str, ...]
 ) -> TrainingText:
     norm, k = normalize(text), normalize(payload)
     i = norm.find(k)
@@ -463,7 +412,7 @@ _INSTRUCTION_KINDS = ("direct_injection", "prompt_extraction")
 def span_labels(
     feats: WindowFeatures,
     texts: Sequence[TrainingText],
-    offsets: Callable[[str], Sequence[tuple[int, int]] | None],
+    offsets: Callable[[str], Sequence[tuple[int, int]]],
     *,
     inside: float = 0.6,
 ) -> np.ndarray:
@@ -472,30 +421,51 @@ def span_labels(
     for rows the span head does not learn from (whole-window rows, jailbreak and harmful texts,
     spans that straddle an instruction's edge).
 
-    ``offsets(text)`` gives each token's character span (the model's tokenizer); a span of a
+    ``offsets(text)`` gives each token's character span (``model.token_offsets``); a span of a
     labelled text counts as the instruction when at least ``inside`` of its tokens lie within
-    the text's ``span``.
+    the text's ``span``. When it cannot (it raises
+    :class:`~alknet_firewall.errors.ModelError` or returns None), this raises ``ModelError``
+    naming the text: dropping those rows would fit another codebook without a word.
     """
     labels = np.full(len(feats.text_index), -1, dtype=np.int8)
-    cache: dict[int, Sequence[tuple[int, int]] | None] = {}
+    cache: dict[int, Sequence[tuple[int, int]]] = {}
     for j in np.flatnonzero(~feats.full):
-        t = texts[int(feats.text_index[j])]
+        ti = int(feats.text_index[j])
+        t = texts[ti]
         if t.label == 0:
             labels[j] = 0
         elif t.span is None:
             labels[j] = 1 if t.kind in _INSTRUCTION_KINDS else -1
         else:
-            ti = int(feats.text_index[j])
             if ti not in cache:
-                cache[ti] = offsets(t.text)
-            offs = cache[ti]
-            if offs is None:
-                continue
+                cache[ti] = _offsets_of(offsets, t, ti)
             a0, a1 = t.span
             start = int(feats.token_start[j])
-            toks = offs[start : start + int(feats.n_tokens[j])]
+            toks = cache[ti][start : start + int(feats.n_tokens[j])]
             if not toks:
                 continue
             share = float(np.mean([c0 >= a0 - 1 and c1 <= a1 + 1 for c0, c1 in toks]))
             labels[j] = 1 if share >= inside else (0 if share == 0 else -1)
     return labels
+
+
+def _offsets_of(
+    offsets: Callable[[str], Sequence[tuple[int, int]]], t: TrainingText, index: int
+) -> Sequence[tuple[int, int]]:
+    """``offsets(t.text)``, or a ModelError that says which text and what to do."""
+
+    def missing(reason: str) -> ModelError:
+        return ModelError(
+            f"span labels need the token offsets of text {index} (source {t.source!r}), and the "
+            f"model cannot give them ({reason}): fit with a backend whose tokenizer gives "
+            "offsets (the local transformers backend), or without span rows "
+            "(codebook build --span 0)"
+        )
+
+    try:
+        offs: Sequence[tuple[int, int]] | None = offsets(t.text)
+    except ModelError as exc:
+        raise missing(str(exc)) from exc
+    if offs is None:
+        raise missing("none given")
+    return offs
