@@ -15,8 +15,8 @@ once, on any machine) writes a directory into the cache::
 
 :class:`OnnxActivationModel` runs that directory with onnxruntime; importing and running it
 needs ``onnxruntime``, ``tokenizers`` and numpy only — never torch (``model.backend: onnx``).
-Pooling (mean over content + end-of-turn tokens, last token, spans, edges) is done in numpy
-exactly as the torch backend does it in torch.
+Pooling follows the same :func:`~alknet_firewall.features.plan_pooling` plan as the torch
+backend; :func:`pool_numpy` is its numpy reduction.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ import numpy as np
 from .. import constants
 from ..config import ModelSettings
 from ..errors import ConfigurationError, ModelError, ModelNotFoundError, require
-from ..features import Window, WindowFeatures, plan_rows
+from ..features import PoolPlan, RowPlan, Window, WindowFeatures, plan_pooling, plan_rows
 from ..hardware import usable_cores
 from .base import WindowedModel
 
@@ -55,6 +55,7 @@ __all__ = [
     "export_onnx",
     "find_onnx_dir",
     "matmuls_in",
+    "pool_numpy",
 ]
 
 
@@ -410,7 +411,6 @@ class OnnxActivationModel(WindowedModel):
     def encode_token_windows(self, wins: list[Window], n_texts: int) -> WindowFeatures:
         edge = self.settings.edge_window if self.pooling == "mean" else 0
         plan = plan_rows(wins, self.spans, edge)
-        row_of, spans_of = plan.row_of, plan.spans_of
         feats = {
             layer: np.zeros((len(plan.text_index), self.feature_size), dtype=np.float32)
             for layer in self.layers
@@ -418,7 +418,7 @@ class OnnxActivationModel(WindowedModel):
         order = sorted(range(len(wins)), key=lambda j: len(wins[j].content))
         bs = min(self.settings.batch_size, MAX_WINDOWS_PER_RUN)
         for b in range(0, len(order), bs):
-            self._forward(order[b : b + bs], wins, feats, row_of, spans_of)
+            self._forward(order[b : b + bs], wins, feats, plan)
         return plan.features(feats, n_texts)
 
     def _forward(
@@ -426,12 +426,13 @@ class OnnxActivationModel(WindowedModel):
         idx: list[int],
         wins: list[Window],
         feats: dict[int, np.ndarray],
-        row_of: list[list[int]],
-        spans_of: list[list[tuple[int, int]]],
+        row_plan: RowPlan,
     ) -> None:
-        p, s = len(self._prefix), len(self._suffix)
-        seqs = [self._prefix + list(wins[j].content) + self._suffix for j in idx]
-        seqs = [x or [self._pad_id] for x in seqs]
+        plan = plan_pooling(
+            row_plan, wins, idx, prefix=self._prefix, suffix=self._suffix, pad_id=self._pad_id,
+            pooling=self.pooling, pool_suffix=self.settings.pool_suffix,
+        )  # fmt: skip
+        seqs = plan.seqs
         width = max(len(x) for x in seqs)
         ids = np.full((len(seqs), width), self._pad_id, dtype=np.int64)
         mask = np.zeros((len(seqs), width), dtype=np.int64)
@@ -439,39 +440,8 @@ class OnnxActivationModel(WindowedModel):
             ids[r, : len(x)] = x
             mask[r, : len(x)] = 1
         hidden = self._session.run(self._outputs, {"input_ids": ids, "attention_mask": mask})
-        lengths = mask.sum(1)
-        pool_mask = np.zeros((len(seqs), width), dtype=np.float32)
-        for r, j in enumerate(idx):
-            n = len(wins[j].content)
-            if n:
-                pool_mask[r, p : p + n + (s if self.settings.pool_suffix else 0)] = 1.0
-            else:
-                pool_mask[r, int(lengths[r]) - max(s, 1) : int(lengths[r])] = 1.0
-        denom = pool_mask.sum(1, keepdims=True)
-        rows = np.arange(len(seqs))
-        last_pos = lengths - 1
-        full_rows = [row_of[j][0] for j in idx]
-        span_rows = [
-            (r, row, a, length)
-            for r, j in enumerate(idx)
-            for row, (a, length) in zip(row_of[j][1:], spans_of[j], strict=True)
-        ]
-        for layer, hs in zip(self.layers, hidden, strict=True):
-            hs = np.asarray(hs, dtype=np.float32)
-            parts = []
-            if self.pooling in ("mean", "both"):
-                parts.append(np.einsum("bt,bth->bh", pool_mask, hs) / denom)
-            if self.pooling in ("last", "both"):
-                parts.append(hs[rows, last_pos])
-            feats[layer][full_rows] = np.concatenate(parts, axis=1)
-            if span_rows:
-                csum = np.cumsum(hs, axis=1, dtype=np.float64)
-                csum = np.concatenate([np.zeros_like(csum[:, :1]), csum], axis=1)
-                r_idx = np.array([r for r, _, _, _ in span_rows])
-                a_idx = np.array([p + a for _, _, a, _ in span_rows])
-                n_tok = np.array([n for _, _, _, n in span_rows])
-                sp = (csum[r_idx, a_idx + n_tok] - csum[r_idx, a_idx]) / n_tok[:, None]
-                feats[layer][[row for _, row, _, _ in span_rows]] = sp.astype(np.float32)
+        for layer, rows in zip(self.layers, pool_numpy(plan, hidden), strict=True):
+            feats[layer][plan.rows] = rows
 
     # -- lifecycle -----------------------------------------------------------------------------
     def init_worker(self, threads: int | None) -> None:
@@ -513,3 +483,29 @@ class OnnxActivationModel(WindowedModel):
 
     def close(self) -> None:
         """Sessions free their memory with the object; nothing to release early."""
+
+
+def pool_numpy(plan: PoolPlan, hidden: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """The plan's rows (float32, in ``plan.rows`` order) from each layer's hidden states
+    ``[len(plan.seqs), width, hidden]``: the numpy reduction of :class:`PoolPlan`."""
+    if not len(hidden):
+        return []
+    mask = plan.mean_mask(np.shape(hidden[0])[1])
+    denom = mask.sum(1, keepdims=True)
+    seq_idx = np.arange(len(plan.seqs))
+    r, a, n = plan.span_seq, plan.span_start, plan.span_len
+    out = []
+    for hs in hidden:
+        hs = np.asarray(hs, dtype=np.float32)
+        parts = []
+        if plan.mean:
+            parts.append(np.einsum("bt,bth->bh", mask, hs) / denom)
+        if plan.last:
+            parts.append(hs[seq_idx, plan.last_pos])
+        rows = [np.concatenate(parts, axis=1)]
+        if len(n):
+            csum = np.cumsum(hs, axis=1, dtype=np.float64)
+            csum = np.concatenate([np.zeros_like(csum[:, :1]), csum], axis=1)
+            rows.append(((csum[r, a + n] - csum[r, a]) / n[:, None]).astype(np.float32))
+        out.append(np.concatenate(rows))
+    return out
