@@ -12,6 +12,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from ..errors import ModelError
 from ..features import Window, WindowFeatures, make_windows, window_spans
 
 __all__ = ["IDENTITY_KEYS", "READING_KEYS", "ActivationModel", "WindowedModel"]
@@ -59,6 +60,12 @@ class ActivationModel(Protocol):
         """Content tokens of each text (what windowing splits)."""
         ...
 
+    def token_offsets(self, text: str) -> list[tuple[int, int]]:
+        """Character offsets ``(start, end)`` in ``text`` of each token ``tokenize([text])[0]``
+        gives (byte-level tokens that split one character share its offsets). Raises
+        :class:`~alknet_firewall.errors.ModelError` when the model cannot tell."""
+        ...
+
     def windows(self, token_ids: Sequence[Sequence[int]]) -> list[Window]:
         """The windows of each text's token ids (``features.make_windows`` with this model's
         ``max_tokens`` and ``window_overlap``)."""
@@ -92,9 +99,12 @@ class ActivationModel(Protocol):
 
 
 class WindowedModel:
-    """What every backend shares above its forward pass: windows, span rows and the encode
-    wrappers. A backend sets ``settings``, ``pooling``, ``max_tokens``, ``window_overlap`` and
-    implements ``tokenize`` and ``encode_token_windows``."""
+    """What every backend shares above its forward pass: windows, span rows, token offsets and
+    the encode wrappers. A backend sets ``name``, ``settings``, ``pooling``, ``max_tokens``,
+    ``window_overlap`` and implements ``tokenize``, ``_ids_and_offsets`` and
+    ``encode_token_windows``."""
+
+    name: str
 
     settings: Any
     pooling: str
@@ -104,8 +114,24 @@ class WindowedModel:
     def tokenize(self, texts: Sequence[str]) -> list[list[int]]:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def _ids_and_offsets(self, text: str) -> tuple[Sequence[int], Sequence[tuple[int, int]]]:
+        """Token ids of ``text`` and their character offsets, from the tokenizer's own offsets
+        (raises :class:`ModelError` when the tokenizer has none)."""
+        raise NotImplementedError  # pragma: no cover - abstract
+
     def encode_token_windows(self, wins: list[Window], n_texts: int) -> WindowFeatures:
         raise NotImplementedError  # pragma: no cover - abstract
+
+    def token_offsets(self, text: str) -> list[tuple[int, int]]:
+        ids, offsets = self._ids_and_offsets(text)
+        if list(ids) != self.tokenize([text])[0] or len(offsets) != len(ids):
+            raise ModelError(
+                f"the character offsets of {self.name}'s tokenizer belong to another "
+                "tokenisation of this text than the one the model screens, so its tokens cannot "
+                "be mapped to characters; use a model whose tokenizer.json tokenises as it does "
+                "(report this if it is the embedded model)"
+            )
+        return [(int(a), int(b)) for a, b in offsets]
 
     def windows(self, token_ids: Sequence[Sequence[int]]) -> list[Window]:
         return make_windows(token_ids, self.max_tokens, self.window_overlap)

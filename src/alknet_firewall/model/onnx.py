@@ -407,6 +407,10 @@ class OnnxActivationModel(WindowedModel):
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
         return [len(x) for x in self.tokenize(texts)]
 
+    def _ids_and_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+        enc = self.tokenizer.encode(text, add_special_tokens=False)
+        return enc.ids, enc.offsets
+
     # -- forward -------------------------------------------------------------------------------
     def encode_token_windows(self, wins: list[Window], n_texts: int) -> WindowFeatures:
         edge = self.settings.edge_window if self.pooling == "mean" else 0

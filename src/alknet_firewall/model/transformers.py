@@ -131,6 +131,16 @@ class TransformersActivationModel(WindowedModel):
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
         return [len(x) for x in self.tokenize(texts)]
 
+    def _ids_and_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+        if not getattr(self.tokenizer, "is_fast", False):
+            raise ModelError(
+                f"{self.name} has no fast tokenizer, so its tokens have no character offsets: "
+                f"put the model's tokenizer.json in {self.location.path} (transformers loads a "
+                "fast tokenizer from it)"
+            )
+        enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        return enc["input_ids"], enc["offset_mapping"]
+
     # -- forward -------------------------------------------------------------------------------
     def encode_token_windows(self, wins: list[Window], n_texts: int) -> WindowFeatures:
         import torch
