@@ -38,9 +38,9 @@ import numpy as np
 from .. import constants
 from ..config import ModelSettings
 from ..errors import ConfigurationError, ModelError, ModelNotFoundError, require
-from ..features import PoolPlan, RowPlan, Window, WindowFeatures, plan_pooling, plan_rows
+from ..features import PoolPlan
 from ..hardware import usable_cores
-from .base import WindowedModel
+from .base import PoolingModel
 
 __all__ = [
     "EXPORT_FORMAT",
@@ -320,7 +320,7 @@ def _quiet_export() -> Any:
 # --------------------------------------------------------------------------------------------
 # The runtime model (onnxruntime + tokenizers + numpy)
 # --------------------------------------------------------------------------------------------
-class OnnxActivationModel(WindowedModel):
+class OnnxActivationModel(PoolingModel):
     """:class:`~alknet_firewall.model.base.ActivationModel` on ONNX Runtime, without torch.
 
     One session serves every pool worker (concurrent ``run`` calls are safe in ONNX Runtime);
@@ -328,6 +328,8 @@ class OnnxActivationModel(WindowedModel):
     request uses all cores and concurrent requests share them. A second session per thread
     count would double the weights in memory, which is what the backend is for avoiding.
     """
+
+    _max_batch = MAX_WINDOWS_PER_RUN
 
     def __init__(self, settings: ModelSettings, path: Path | None = None) -> None:
         require("onnxruntime", extra="onnx")
@@ -412,30 +414,7 @@ class OnnxActivationModel(WindowedModel):
         return enc.ids, enc.offsets
 
     # -- forward -------------------------------------------------------------------------------
-    def encode_token_windows(self, wins: list[Window], n_texts: int) -> WindowFeatures:
-        edge = self.settings.edge_window if self.pooling == "mean" else 0
-        plan = plan_rows(wins, self.spans, edge)
-        feats = {
-            layer: np.zeros((len(plan.text_index), self.feature_size), dtype=np.float32)
-            for layer in self.layers
-        }
-        order = sorted(range(len(wins)), key=lambda j: len(wins[j].content))
-        bs = min(self.settings.batch_size, MAX_WINDOWS_PER_RUN)
-        for b in range(0, len(order), bs):
-            self._forward(order[b : b + bs], wins, feats, plan)
-        return plan.features(feats, n_texts)
-
-    def _forward(
-        self,
-        idx: list[int],
-        wins: list[Window],
-        feats: dict[int, np.ndarray],
-        row_plan: RowPlan,
-    ) -> None:
-        plan = plan_pooling(
-            row_plan, wins, idx, prefix=self._prefix, suffix=self._suffix, pad_id=self._pad_id,
-            pooling=self.pooling, pool_suffix=self.settings.pool_suffix,
-        )  # fmt: skip
+    def _pool(self, plan: PoolPlan) -> list[np.ndarray]:
         seqs = plan.seqs
         width = max(len(x) for x in seqs)
         ids = np.full((len(seqs), width), self._pad_id, dtype=np.int64)
@@ -444,8 +423,7 @@ class OnnxActivationModel(WindowedModel):
             ids[r, : len(x)] = x
             mask[r, : len(x)] = 1
         hidden = self._session.run(self._outputs, {"input_ids": ids, "attention_mask": mask})
-        for layer, rows in zip(self.layers, pool_numpy(plan, hidden), strict=True):
-            feats[layer][plan.rows] = rows
+        return pool_numpy(plan, hidden)
 
     # -- lifecycle -----------------------------------------------------------------------------
     def init_worker(self, threads: int | None) -> None:

@@ -18,9 +18,9 @@ import numpy as np
 from .. import constants
 from ..config import ModelSettings
 from ..errors import ConfigurationError, ModelError, require
-from ..features import PoolPlan, RowPlan, Window, WindowFeatures, plan_pooling, plan_rows
+from ..features import PoolPlan, Window, WindowFeatures
 from ..hardware import DtypeChoice, choose_dtype
-from .base import WindowedModel
+from .base import PoolingModel
 from .buckets import CudaGraphs, padded_shape, seq_buckets
 from .sources import ModelLocation, quiet_transformers
 
@@ -32,7 +32,7 @@ __all__ = ["TransformersActivationModel", "pool_torch"]
 log = logging.getLogger(__name__)
 
 
-class TransformersActivationModel(WindowedModel):
+class TransformersActivationModel(PoolingModel):
     """A Hugging Face model truncated after its deepest requested layer (no head; no final norm
     unless the last layer is requested)."""
 
@@ -147,35 +147,12 @@ class TransformersActivationModel(WindowedModel):
 
         if self.settings.threads and torch.get_num_threads() != self.settings.threads:
             torch.set_num_threads(self.settings.threads)
-        # Rows: one per window, then its spans; and the head and tail of every long text.
-        edge = self.settings.edge_window if self.pooling == "mean" else 0
-        plan = plan_rows(wins, self.spans, edge)
-        feats = {
-            layer: np.zeros((len(plan.text_index), self.feature_size), dtype=np.float32)
-            for layer in self.layers
-        }
-        # Group by length: padding wastes compute.
-        order = sorted(range(len(wins)), key=lambda j: len(wins[j].content))
-        bs = self.settings.batch_size
         with torch.inference_mode():
-            for b in range(0, len(order), bs):
-                idx = order[b : b + bs]
-                self._forward(idx, wins, feats, plan)
-        return plan.features(feats, n_texts)
+            return super().encode_token_windows(wins, n_texts)
 
-    def _forward(
-        self,
-        idx: list[int],
-        wins: list[Window],
-        feats: dict[int, np.ndarray],
-        row_plan: RowPlan,
-    ) -> None:
+    def _pool(self, plan: PoolPlan) -> list[np.ndarray]:
         import torch
 
-        plan = plan_pooling(
-            row_plan, wins, idx, prefix=self._prefix, suffix=self._suffix, pad_id=self._pad_id,
-            pooling=self.pooling, pool_suffix=self.settings.pool_suffix,
-        )  # fmt: skip
         seqs = plan.seqs
         n_rows, width = len(seqs), max(len(x) for x in seqs)
         if self._buckets:
@@ -193,9 +170,7 @@ class TransformersActivationModel(WindowedModel):
             mask[r, : len(x)] = 1
         run = self._graphs if self._graphs is not None else self._hidden
         hidden = run(ids.to(self._device), mask.to(self._device))
-        pooled = pool_torch(plan, [hs[: len(seqs)] for hs in hidden])
-        for layer, rows in zip(self.layers, pooled, strict=True):
-            feats[layer][plan.rows] = rows
+        return pool_torch(plan, [hs[: len(seqs)] for hs in hidden])
 
     def _hidden(self, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Hidden states of the requested layers, in ``self.layers`` order."""
