@@ -1,6 +1,6 @@
 """ONNX Runtime backend: the truncated model exported once, run without torch.
 
-Size (~530 lines): the export (torch side) and the runtime (onnxruntime side) must agree on
+Size (~490 lines): the export (torch side) and the runtime (onnxruntime side) must agree on
 one graph signature and one directory layout; they are kept together so they change together.
 
 ``alknet-firewall model prepare --format onnx [--quantize int8]`` (needs torch + transformers,
