@@ -8,6 +8,7 @@ failing or stuck model. Detection quality is tested on the real model elsewhere.
 from __future__ import annotations
 
 import hashlib
+import re
 import threading
 import time
 from typing import Any
@@ -52,6 +53,9 @@ class FakeModel:
 
     def count_tokens(self, texts: list[str]) -> list[int]:
         return [len(x) for x in self.tokenize(texts)]
+
+    def token_offsets(self, text: str) -> list[tuple[int, int]]:
+        return [m.span() for m in re.finditer(r"\S+", text)]
 
     def windows(self, ids: list[list[int]]) -> list[Window]:
         return make_windows(ids, self.max_tokens, self.window_overlap)

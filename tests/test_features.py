@@ -112,3 +112,40 @@ def test_row_plan_lists_each_window_then_its_spans() -> None:
     assert edged.spans_of == [[(0, 4)], [(6, 4)]]
     feats = plan.features({8: np.zeros((7, 4), dtype=np.float32)}, n_texts=2)
     assert feats.full.tolist() == [True, False, False, False, True, False, True]
+
+
+def test_pool_plan_names_the_positions_of_every_row() -> None:
+    from alknet_firewall.features import plan_pooling, plan_rows, window_spans
+
+    wins = [
+        Window(0, 0, 0, list(range(32))),
+        Window(0, 1, 24, list(range(10))),
+        Window(1, 0, 0, []),
+    ]
+    rows = plan_rows(wins, lambda n: window_spans(n, 16, 8))
+    template = {"prefix": [1, 2, 3], "suffix": [9, 9], "pad_id": 0}
+    plan = plan_pooling(rows, wins, [2, 0, 1], **template, pooling="mean", pool_suffix=True)
+    assert plan.seqs[0] == [1, 2, 3, 9, 9]
+    assert plan.seqs[1] == [1, 2, 3, *range(32), 9, 9]
+    # Content and end-of-turn tokens; an empty window is read from its end-of-turn tokens.
+    assert plan.mean_range.tolist() == [[3, 5], [3, 37], [3, 15]]
+    assert plan.last_pos.tolist() == [4, 36, 14]
+    # The sequences' rows, then the spans' (positions inside the template).
+    assert plan.rows == [6, 0, 4, 1, 2, 3, 5]
+    assert plan.span_seq.tolist() == [1, 1, 1, 2]
+    assert plan.span_start.tolist() == [3, 11, 19, 3]
+    assert plan.span_len.tolist() == [16, 16, 16, 10]
+    assert plan.mean and not plan.last
+    mask = plan.mean_mask(40)
+    assert mask.dtype == np.float32 and mask.sum(1).tolist() == [2, 34, 12]
+    # Without the suffix in the mean; without a template an empty window is one pad token.
+    assert plan_pooling(
+        rows, wins, [0], **template, pooling="mean", pool_suffix=False
+    ).mean_range.tolist() == [[3, 35]]
+    bare = plan_pooling(
+        rows, wins, [2, 1], prefix=[], suffix=[], pad_id=7, pooling="both", pool_suffix=True
+    )
+    assert bare.seqs[0] == [7] and bare.mean_range.tolist() == [[0, 1], [0, 10]]
+    assert bare.mean and bare.last and bare.last_pos.tolist() == [0, 9]
+    with pytest.raises(ValueError, match="pooling"):
+        plan_pooling(rows, wins, [0], **template, pooling="max", pool_suffix=True)

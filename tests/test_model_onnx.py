@@ -52,6 +52,44 @@ def test_the_cache_export_for_the_layers_and_precision_is_found(tmp_path: Path) 
         onnx_backend.find_onnx_dir(ms)
 
 
+# -- fast: one pooling plan, two reductions ---------------------------------------------------
+@pytest.mark.parametrize("pooling", ["mean", "last", "both"])
+def test_numpy_and_torch_pool_a_plan_alike(pooling: str) -> None:
+    torch = pytest.importorskip("torch")
+    from alknet_firewall.features import Window, plan_pooling, plan_rows, window_spans
+    from alknet_firewall.model.transformers import pool_torch
+
+    wins = [Window(0, 0, 0, list(range(40))), Window(1, 0, 0, []), Window(2, 0, 0, [5] * 12)]
+    spans = (lambda n: window_spans(n, 16, 8)) if pooling == "mean" else (lambda n: [])
+    rows = plan_rows(wins, spans, edge=4 if pooling == "mean" else 0)
+    plan = plan_pooling(
+        rows, wins, [1, 2, 0], prefix=[1, 2], suffix=[3], pad_id=0, pooling=pooling,
+        pool_suffix=True,
+    )  # fmt: skip
+    width = max(len(x) for x in plan.seqs) + 3  # padded like a shape bucket
+    rng = np.random.default_rng(0)
+    hidden = [rng.normal(size=(len(plan.seqs), width, 8)).astype(np.float32) for _ in range(2)]
+    got_np = onnx_backend.pool_numpy(plan, hidden)
+    got_torch = pool_torch(plan, [torch.from_numpy(h) for h in hidden])
+    for hs, a, b in zip(hidden, got_np, got_torch, strict=True):
+        want = [
+            np.concatenate(
+                ([hs[i, m0:m1].mean(0)] if plan.mean else [])
+                + ([hs[i, plan.last_pos[i]]] if plan.last else [])
+            )
+            for i, (m0, m1) in enumerate(plan.mean_range)
+        ] + [
+            hs[i, s : s + n].mean(0)
+            for i, s, n in zip(plan.span_seq, plan.span_start, plan.span_len, strict=True)
+        ]
+        assert a.dtype == b.dtype == np.float32
+        assert a.shape == b.shape == (len(plan.rows), 8 * (2 if pooling == "both" else 1))
+        np.testing.assert_allclose(a, np.array(want), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(b, np.array(want), rtol=1e-5, atol=1e-6)
+    if pooling == "mean":
+        assert len(plan.span_len) > 0
+
+
 # -- slow: the real export --------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def onnx_dir(embedded_location: Any) -> Path:
@@ -134,3 +172,19 @@ def test_model_prepare_format_onnx_prints_the_export(onnx_dir: Path, run_cli: An
     assert out["use"] == {
         "model": {"backend": "onnx", "onnx_path": str(onnx_dir), "onnx_precision": "float32"}
     }
+
+
+@pytest.mark.slow
+def test_onnx_token_offsets_equal_torch(
+    onnx_dir: Path, torch_fp32: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from alknet_firewall.errors import ModelError
+    from tests.test_model import OFFSET_TEXTS, assert_offsets_map_tokens
+
+    model = onnx_backend.OnnxActivationModel(ModelSettings(layers=(8,), onnx_threads=1))
+    for text in [*OFFSET_TEXTS, LONG]:
+        assert_offsets_map_tokens(model, model.tokenizer.decode, text)
+        assert model.token_offsets(text) == torch_fp32.token_offsets(text)
+    monkeypatch.setattr(model, "tokenize", lambda texts: [[0] for _ in texts])
+    with pytest.raises(ModelError, match="another tokenisation"):
+        model.token_offsets("hello there")

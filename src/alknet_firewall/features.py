@@ -1,9 +1,10 @@
 """Windows of token ids and the pooled features of every window (numpy only).
 
 What flows between a model backend, the codebook and the scorer: :func:`make_windows` splits
-token ids into overlapping windows (pure token arithmetic), a model turns windows into
-:class:`WindowFeatures`, and every row operation on those (dropping span rows, one row per
-text, a subset of texts, concatenation, ``.npz`` round trips) lives here.
+token ids into overlapping windows (pure token arithmetic), :func:`plan_rows` and
+:func:`plan_pooling` say which rows a model produces and which token positions each reduces over,
+a model turns windows into :class:`WindowFeatures`, and every row operation on those (dropping
+span rows, one row per text, a subset of texts, concatenation, ``.npz`` round trips) lives here.
 """
 
 from __future__ import annotations
@@ -16,10 +17,12 @@ import numpy as np
 
 __all__ = [
     "MIN_SPAN_TOKENS",
+    "PoolPlan",
     "RowPlan",
     "Window",
     "WindowFeatures",
     "make_windows",
+    "plan_pooling",
     "plan_rows",
     "window_spans",
 ]
@@ -115,6 +118,90 @@ def plan_rows(
         plan.row_of.append(rows)
         plan.spans_of.append(extra)
     return plan
+
+
+@dataclass(frozen=True)
+class PoolPlan:
+    """How one forward batch of windows becomes feature rows: the token sequences to run and
+    the positions each row reduces over. A backend only runs :attr:`seqs` and reduces its hidden
+    states ``[len(seqs), width, hidden]`` along the plan, in the rows order :attr:`rows`:
+
+    - one row per sequence: the mean over ``mean_range[i]`` (``mean``) and/or the hidden state at
+      ``last_pos[i]`` (``last``), side by side when both (pooling ``both``);
+    - then one row per span: the mean over ``span_len[k]`` positions of sequence ``span_seq[k]``
+      from ``span_start[k]`` (spans exist with mean pooling only).
+    """
+
+    #: Template prefix + window content + suffix (a lone pad token when that is empty).
+    seqs: list[list[int]]
+    #: Feature-matrix row of each pooled row: the sequences' rows, then the spans'.
+    rows: list[int]
+    mean: bool
+    last: bool
+    #: ``[len(seqs), 2]`` start and stop position of each whole-window mean.
+    mean_range: np.ndarray
+    #: ``[len(seqs)]`` the last position of each sequence.
+    last_pos: np.ndarray
+    span_seq: np.ndarray
+    span_start: np.ndarray
+    span_len: np.ndarray
+
+    def mean_mask(self, width: int) -> np.ndarray:
+        """``[len(seqs), width]`` float32: 1 at the positions of each whole-window mean."""
+        mask = np.zeros((len(self.seqs), width), dtype=np.float32)
+        for r, (a, b) in enumerate(self.mean_range.tolist()):
+            mask[r, a:b] = 1.0
+        return mask
+
+
+def plan_pooling(
+    rows: RowPlan,
+    wins: Sequence[Window],
+    idx: Sequence[int],
+    *,
+    prefix: Sequence[int],
+    suffix: Sequence[int],
+    pad_id: int,
+    pooling: str,
+    pool_suffix: bool,
+) -> PoolPlan:
+    """The pooling plan of windows ``idx`` of ``wins`` (row numbers from ``rows``), read inside
+    the chat template ``prefix`` / ``suffix``.
+
+    The whole-window mean covers the content tokens and, with ``pool_suffix``, the end-of-turn
+    tokens that have read all of them (they keep very short messages such as "hi" from being
+    judged on one token alone); a window without content is read from its last ``len(suffix)``
+    positions (at least one). Spans are content positions.
+    """
+    if pooling not in ("mean", "last", "both"):
+        raise ValueError(f"pooling must be 'mean', 'last' or 'both', not {pooling!r}")
+    p, s = len(prefix), len(suffix)
+    seqs: list[list[int]] = []
+    mean_range: list[tuple[int, int]] = []
+    spans: list[tuple[int, int, int, int]] = []  # (sequence, start position, length, row)
+    for r, j in enumerate(idx):
+        n = len(wins[j].content)
+        seq = [*prefix, *wins[j].content, *suffix] or [pad_id]
+        seqs.append(seq)
+        if n:
+            mean_range.append((p, p + n + (s if pool_suffix else 0)))
+        else:
+            mean_range.append((len(seq) - max(s, 1), len(seq)))
+        spans += [
+            (r, p + a, length, row)
+            for row, (a, length) in zip(rows.row_of[j][1:], rows.spans_of[j], strict=True)
+        ]
+    return PoolPlan(
+        seqs=seqs,
+        rows=[rows.row_of[j][0] for j in idx] + [row for *_, row in spans],
+        mean=pooling in ("mean", "both"),
+        last=pooling in ("last", "both"),
+        mean_range=np.array(mean_range, dtype=np.int64).reshape(-1, 2),
+        last_pos=np.array([len(x) - 1 for x in seqs], dtype=np.int64),
+        span_seq=np.array([x[0] for x in spans], dtype=np.int64),
+        span_start=np.array([x[1] for x in spans], dtype=np.int64),
+        span_len=np.array([x[2] for x in spans], dtype=np.int64),
+    )
 
 
 def make_windows(token_ids: Sequence[Sequence[int]], max_tokens: int, overlap: int) -> list[Window]:

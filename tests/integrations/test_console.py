@@ -4,7 +4,6 @@ and the page in a real headless Chromium against a real gateway process (slow)."
 from __future__ import annotations
 
 import base64
-import re
 import shutil
 import signal
 import subprocess
@@ -19,6 +18,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from alknet_firewall.config import load_settings
+from alknet_firewall.errors import ModelError
 from alknet_firewall.firewall import Firewall
 from alknet_firewall.integrations.console import char_span, console_app, highlight
 from tests.fakes import FakeModel, fit_fake_codebook
@@ -28,11 +28,11 @@ AUTH = {"authorization": f"Bearer {KEY}"}
 SECRET = "my secret words please summarise the report"
 
 
-class WordModel(FakeModel):
-    """The fake model (a token per word) with character offsets, like a fast tokenizer's."""
+class NoOffsetsModel(FakeModel):
+    """A model whose tokenizer gives no character offsets."""
 
     def token_offsets(self, text: str) -> list[tuple[int, int]]:
-        return [m.span() for m in re.finditer(r"\S+", text)]
+        raise ModelError("no offsets")
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +47,7 @@ def _firewall(codebook: Any, **settings: Any) -> Firewall:
         policies={"default": {}, "monitor": {"monitor": True}},
         **settings,
     )
-    return Firewall(s, model=WordModel(), codebook=codebook)
+    return Firewall(s, model=FakeModel(), codebook=codebook)
 
 
 @pytest.fixture(scope="module")
@@ -206,7 +206,11 @@ def test_char_span() -> None:
     assert char_span(offs, 9, 1) is None and char_span(offs, 0, 0) is None
     # Byte-level tokens of one character share its offsets.
     assert char_span([(0, 1), (0, 1), (1, 2)], 1, 1) == (0, 1)
-    assert highlight(FakeModel(), "no offsets here", {"token_start": 0, "n_tokens": 1}) is None
+    window = {"token_start": 1, "n_tokens": 2}
+    assert highlight(FakeModel(), "one two three four", window) == {
+        "start": 4, "end": 13, "token_start": 1, "n_tokens": 2, "tokens": 4,
+    }  # fmt: skip
+    assert highlight(NoOffsetsModel(), "no offsets here", window) is None
 
 
 # --------------------------------------------------------------------------------------------
@@ -222,8 +226,6 @@ def real_firewall() -> Iterator[Any]:
 
 @pytest.mark.slow
 def test_highlight_maps_every_window_to_its_characters(real_firewall: Any) -> None:
-    from alknet_firewall.integrations.console import token_offsets
-
     model = real_firewall.model
     tok = model.tokenizer
     texts = [
@@ -233,8 +235,8 @@ def test_highlight_maps_every_window_to_its_characters(real_firewall: Any) -> No
     ]
     for text in texts:
         ids = model.tokenize([text])[0]
-        offsets = token_offsets(model, text)
-        assert offsets is not None and len(offsets) == len(ids)
+        offsets = model.token_offsets(text)
+        assert len(offsets) == len(ids)
         wins = model.windows([ids])
         assert len(wins) > 1, "each text must span several windows"
         prev = (-1, -1)

@@ -12,9 +12,18 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from ..features import Window, WindowFeatures, make_windows, window_spans
+from ..errors import ModelError
+from ..features import (
+    PoolPlan,
+    Window,
+    WindowFeatures,
+    make_windows,
+    plan_pooling,
+    plan_rows,
+    window_spans,
+)
 
-__all__ = ["IDENTITY_KEYS", "READING_KEYS", "ActivationModel", "WindowedModel"]
+__all__ = ["IDENTITY_KEYS", "READING_KEYS", "ActivationModel", "PoolingModel", "WindowedModel"]
 
 #: Settings that decide what the model reads and how it pools: a codebook records them and
 #: the firewall runs its model with the codebook's values.
@@ -59,6 +68,12 @@ class ActivationModel(Protocol):
         """Content tokens of each text (what windowing splits)."""
         ...
 
+    def token_offsets(self, text: str) -> list[tuple[int, int]]:
+        """Character offsets ``(start, end)`` in ``text`` of each token ``tokenize([text])[0]``
+        gives (byte-level tokens that split one character share its offsets). Raises
+        :class:`~alknet_firewall.errors.ModelError` when the model cannot tell."""
+        ...
+
     def windows(self, token_ids: Sequence[Sequence[int]]) -> list[Window]:
         """The windows of each text's token ids (``features.make_windows`` with this model's
         ``max_tokens`` and ``window_overlap``)."""
@@ -92,10 +107,12 @@ class ActivationModel(Protocol):
 
 
 class WindowedModel:
-    """What every backend shares above its forward pass: windows, span rows and the encode
-    wrappers. A backend sets ``settings``, ``pooling``, ``max_tokens``, ``window_overlap`` and
-    implements ``tokenize`` and ``encode_token_windows``."""
+    """What every backend shares above its forward pass: windows, span rows, token offsets and
+    the encode wrappers. A backend sets ``name``, ``settings``, ``pooling``, ``max_tokens``,
+    ``window_overlap`` and implements ``tokenize``, ``_ids_and_offsets`` and
+    ``encode_token_windows``."""
 
+    name: str
     settings: Any
     pooling: str
     max_tokens: int
@@ -104,8 +121,24 @@ class WindowedModel:
     def tokenize(self, texts: Sequence[str]) -> list[list[int]]:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def _ids_and_offsets(self, text: str) -> tuple[Sequence[int], Sequence[tuple[int, int]]]:
+        """Token ids of ``text`` and their character offsets, from the tokenizer's own offsets
+        (raises :class:`ModelError` when the tokenizer has none)."""
+        raise NotImplementedError  # pragma: no cover - abstract
+
     def encode_token_windows(self, wins: list[Window], n_texts: int) -> WindowFeatures:
         raise NotImplementedError  # pragma: no cover - abstract
+
+    def token_offsets(self, text: str) -> list[tuple[int, int]]:
+        ids, offsets = self._ids_and_offsets(text)
+        if list(ids) != self.tokenize([text])[0] or len(offsets) != len(ids):
+            raise ModelError(
+                f"the character offsets of {self.name}'s tokenizer belong to another "
+                "tokenisation of this text than the one the model screens, so its tokens cannot "
+                "be mapped to characters; use a model whose tokenizer.json tokenises as it does "
+                "(report this if it is the embedded model)"
+            )
+        return [(int(a), int(b)) for a, b in offsets]
 
     def windows(self, token_ids: Sequence[Sequence[int]]) -> list[Window]:
         return make_windows(token_ids, self.max_tokens, self.window_overlap)
@@ -123,3 +156,41 @@ class WindowedModel:
         if self.pooling != "mean":
             return []
         return window_spans(n, self.settings.sub_window, self.settings.sub_window_stride)
+
+
+class PoolingModel(WindowedModel):
+    """A backend that pools in-process: windows in batches of similar length, each batch a
+    :class:`~alknet_firewall.features.PoolPlan` that :meth:`_pool` runs and reduces. Sets also
+    ``layers``, ``feature_size`` and the chat template's ``_prefix``, ``_suffix``, ``_pad_id``."""
+
+    layers: tuple[int, ...]
+    feature_size: int
+    _prefix: list[int]
+    _suffix: list[int]
+    _pad_id: int
+    #: Most windows in one forward pass, below ``batch_size`` (None: ``batch_size``).
+    _max_batch: int | None = None
+
+    def _pool(self, plan: PoolPlan) -> list[np.ndarray]:
+        """Run ``plan.seqs`` and reduce along the plan: its rows, per layer of ``layers``."""
+        raise NotImplementedError  # pragma: no cover - abstract
+
+    def encode_token_windows(self, wins: list[Window], n_texts: int) -> WindowFeatures:
+        # Rows: one per window, then its spans; and the head and tail of every long text.
+        edge = self.settings.edge_window if self.pooling == "mean" else 0
+        rows = plan_rows(wins, self.spans, edge)
+        feats = {
+            layer: np.zeros((len(rows.text_index), self.feature_size), dtype=np.float32)
+            for layer in self.layers
+        }
+        # Group by length: padding wastes compute.
+        order = sorted(range(len(wins)), key=lambda j: len(wins[j].content))
+        bs = min(self.settings.batch_size, self._max_batch or self.settings.batch_size)
+        for b in range(0, len(order), bs):
+            plan = plan_pooling(
+                rows, wins, order[b : b + bs], prefix=self._prefix, suffix=self._suffix,
+                pad_id=self._pad_id, pooling=self.pooling, pool_suffix=self.settings.pool_suffix,
+            )  # fmt: skip
+            for layer, pooled in zip(self.layers, self._pool(plan), strict=True):
+                feats[layer][plan.rows] = pooled
+        return rows.features(feats, n_texts)

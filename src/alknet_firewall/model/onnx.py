@@ -1,6 +1,6 @@
 """ONNX Runtime backend: the truncated model exported once, run without torch.
 
-Size (~530 lines): the export (torch side) and the runtime (onnxruntime side) must agree on
+Size (~490 lines): the export (torch side) and the runtime (onnxruntime side) must agree on
 one graph signature and one directory layout; they are kept together so they change together.
 
 ``alknet-firewall model prepare --format onnx [--quantize int8]`` (needs torch + transformers,
@@ -15,8 +15,8 @@ once, on any machine) writes a directory into the cache::
 
 :class:`OnnxActivationModel` runs that directory with onnxruntime; importing and running it
 needs ``onnxruntime``, ``tokenizers`` and numpy only — never torch (``model.backend: onnx``).
-Pooling (mean over content + end-of-turn tokens, last token, spans, edges) is done in numpy
-exactly as the torch backend does it in torch.
+Pooling follows the same :func:`~alknet_firewall.features.plan_pooling` plan as the torch
+backend; :func:`pool_numpy` is its numpy reduction.
 """
 
 from __future__ import annotations
@@ -38,9 +38,9 @@ import numpy as np
 from .. import constants
 from ..config import ModelSettings
 from ..errors import ConfigurationError, ModelError, ModelNotFoundError, require
-from ..features import Window, WindowFeatures, plan_rows
+from ..features import PoolPlan
 from ..hardware import usable_cores
-from .base import WindowedModel
+from .base import PoolingModel
 
 __all__ = [
     "EXPORT_FORMAT",
@@ -55,6 +55,7 @@ __all__ = [
     "export_onnx",
     "find_onnx_dir",
     "matmuls_in",
+    "pool_numpy",
 ]
 
 
@@ -319,7 +320,7 @@ def _quiet_export() -> Any:
 # --------------------------------------------------------------------------------------------
 # The runtime model (onnxruntime + tokenizers + numpy)
 # --------------------------------------------------------------------------------------------
-class OnnxActivationModel(WindowedModel):
+class OnnxActivationModel(PoolingModel):
     """:class:`~alknet_firewall.model.base.ActivationModel` on ONNX Runtime, without torch.
 
     One session serves every pool worker (concurrent ``run`` calls are safe in ONNX Runtime);
@@ -327,6 +328,8 @@ class OnnxActivationModel(WindowedModel):
     request uses all cores and concurrent requests share them. A second session per thread
     count would double the weights in memory, which is what the backend is for avoiding.
     """
+
+    _max_batch = MAX_WINDOWS_PER_RUN
 
     def __init__(self, settings: ModelSettings, path: Path | None = None) -> None:
         require("onnxruntime", extra="onnx")
@@ -406,32 +409,13 @@ class OnnxActivationModel(WindowedModel):
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
         return [len(x) for x in self.tokenize(texts)]
 
-    # -- forward -------------------------------------------------------------------------------
-    def encode_token_windows(self, wins: list[Window], n_texts: int) -> WindowFeatures:
-        edge = self.settings.edge_window if self.pooling == "mean" else 0
-        plan = plan_rows(wins, self.spans, edge)
-        row_of, spans_of = plan.row_of, plan.spans_of
-        feats = {
-            layer: np.zeros((len(plan.text_index), self.feature_size), dtype=np.float32)
-            for layer in self.layers
-        }
-        order = sorted(range(len(wins)), key=lambda j: len(wins[j].content))
-        bs = min(self.settings.batch_size, MAX_WINDOWS_PER_RUN)
-        for b in range(0, len(order), bs):
-            self._forward(order[b : b + bs], wins, feats, row_of, spans_of)
-        return plan.features(feats, n_texts)
+    def _ids_and_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+        enc = self.tokenizer.encode(text, add_special_tokens=False)
+        return enc.ids, enc.offsets
 
-    def _forward(
-        self,
-        idx: list[int],
-        wins: list[Window],
-        feats: dict[int, np.ndarray],
-        row_of: list[list[int]],
-        spans_of: list[list[tuple[int, int]]],
-    ) -> None:
-        p, s = len(self._prefix), len(self._suffix)
-        seqs = [self._prefix + list(wins[j].content) + self._suffix for j in idx]
-        seqs = [x or [self._pad_id] for x in seqs]
+    # -- forward -------------------------------------------------------------------------------
+    def _pool(self, plan: PoolPlan) -> list[np.ndarray]:
+        seqs = plan.seqs
         width = max(len(x) for x in seqs)
         ids = np.full((len(seqs), width), self._pad_id, dtype=np.int64)
         mask = np.zeros((len(seqs), width), dtype=np.int64)
@@ -439,39 +423,7 @@ class OnnxActivationModel(WindowedModel):
             ids[r, : len(x)] = x
             mask[r, : len(x)] = 1
         hidden = self._session.run(self._outputs, {"input_ids": ids, "attention_mask": mask})
-        lengths = mask.sum(1)
-        pool_mask = np.zeros((len(seqs), width), dtype=np.float32)
-        for r, j in enumerate(idx):
-            n = len(wins[j].content)
-            if n:
-                pool_mask[r, p : p + n + (s if self.settings.pool_suffix else 0)] = 1.0
-            else:
-                pool_mask[r, int(lengths[r]) - max(s, 1) : int(lengths[r])] = 1.0
-        denom = pool_mask.sum(1, keepdims=True)
-        rows = np.arange(len(seqs))
-        last_pos = lengths - 1
-        full_rows = [row_of[j][0] for j in idx]
-        span_rows = [
-            (r, row, a, length)
-            for r, j in enumerate(idx)
-            for row, (a, length) in zip(row_of[j][1:], spans_of[j], strict=True)
-        ]
-        for layer, hs in zip(self.layers, hidden, strict=True):
-            hs = np.asarray(hs, dtype=np.float32)
-            parts = []
-            if self.pooling in ("mean", "both"):
-                parts.append(np.einsum("bt,bth->bh", pool_mask, hs) / denom)
-            if self.pooling in ("last", "both"):
-                parts.append(hs[rows, last_pos])
-            feats[layer][full_rows] = np.concatenate(parts, axis=1)
-            if span_rows:
-                csum = np.cumsum(hs, axis=1, dtype=np.float64)
-                csum = np.concatenate([np.zeros_like(csum[:, :1]), csum], axis=1)
-                r_idx = np.array([r for r, _, _, _ in span_rows])
-                a_idx = np.array([p + a for _, _, a, _ in span_rows])
-                n_tok = np.array([n for _, _, _, n in span_rows])
-                sp = (csum[r_idx, a_idx + n_tok] - csum[r_idx, a_idx]) / n_tok[:, None]
-                feats[layer][[row for _, row, _, _ in span_rows]] = sp.astype(np.float32)
+        return pool_numpy(plan, hidden)
 
     # -- lifecycle -----------------------------------------------------------------------------
     def init_worker(self, threads: int | None) -> None:
@@ -513,3 +465,29 @@ class OnnxActivationModel(WindowedModel):
 
     def close(self) -> None:
         """Sessions free their memory with the object; nothing to release early."""
+
+
+def pool_numpy(plan: PoolPlan, hidden: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """The plan's rows (float32, in ``plan.rows`` order) from each layer's hidden states
+    ``[len(plan.seqs), width, hidden]``: the numpy reduction of :class:`PoolPlan`."""
+    if not len(hidden):
+        return []
+    mask = plan.mean_mask(np.shape(hidden[0])[1])
+    denom = mask.sum(1, keepdims=True)
+    seq_idx = np.arange(len(plan.seqs))
+    r, a, n = plan.span_seq, plan.span_start, plan.span_len
+    out = []
+    for hs in hidden:
+        hs = np.asarray(hs, dtype=np.float32)
+        parts = []
+        if plan.mean:
+            parts.append(np.einsum("bt,bth->bh", mask, hs) / denom)
+        if plan.last:
+            parts.append(hs[seq_idx, plan.last_pos])
+        rows = [np.concatenate(parts, axis=1)]
+        if len(n):
+            csum = np.cumsum(hs, axis=1, dtype=np.float64)
+            csum = np.concatenate([np.zeros_like(csum[:, :1]), csum], axis=1)
+            rows.append(((csum[r, a + n] - csum[r, a]) / n[:, None]).astype(np.float32))
+        out.append(np.concatenate(rows))
+    return out

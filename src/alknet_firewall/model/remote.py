@@ -25,9 +25,9 @@ from ..errors import (
     ScreenTimeoutError,
     require,
 )
-from ..features import Window, WindowFeatures, make_windows
+from ..features import Window, WindowFeatures
 from . import wire
-from .base import IDENTITY_KEYS, READING_KEYS
+from .base import IDENTITY_KEYS, READING_KEYS, WindowedModel
 
 __all__ = [
     "RemoteActivationModel",
@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 _MATCH_KEYS = tuple(k for k in READING_KEYS if k not in ("max_tokens", "window_overlap"))
 
 
-class RemoteActivationModel:
+class RemoteActivationModel(WindowedModel):
     """An :class:`~alknet_firewall.model.base.ActivationModel` whose forward passes run on a
     model server. Thread-safe: pool workers share one connection pool."""
 
@@ -213,8 +213,9 @@ class RemoteActivationModel:
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
         return [len(x) for x in self.tokenize(texts)]
 
-    def windows(self, token_ids: Sequence[Sequence[int]]) -> list[Window]:
-        return make_windows(token_ids, self.max_tokens, self.window_overlap)
+    def _ids_and_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+        enc = self._tokenizer.encode(text, add_special_tokens=False)
+        return enc.ids, enc.offsets
 
     def encode_token_windows(self, windows: list[Window], n_texts: int) -> WindowFeatures:
         body = wire.encode_request(
@@ -231,14 +232,6 @@ class RemoteActivationModel:
         if feats.n_texts != n_texts or any(layer not in feats.features for layer in self.layers):
             raise ModelError(f"the model server at {self.url} answered for other texts or layers")
         return feats
-
-    def encode_windows(self, texts: list[str]) -> WindowFeatures:
-        if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
-            raise TypeError("encode expects a list of str")
-        return self.encode_token_windows(self.windows(self.tokenize(texts)), len(texts))
-
-    def encode(self, texts: list[str]) -> dict[Any, Any]:
-        return self.encode_windows(texts).per_text(self.pooling)
 
     def init_worker(self, threads: int | None = None) -> None:
         """Nothing to set up per pool worker: the connection pool is shared."""

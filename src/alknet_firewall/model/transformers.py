@@ -18,21 +18,21 @@ import numpy as np
 from .. import constants
 from ..config import ModelSettings
 from ..errors import ConfigurationError, ModelError, require
-from ..features import Window, WindowFeatures, plan_rows
+from ..features import PoolPlan, Window, WindowFeatures
 from ..hardware import DtypeChoice, choose_dtype
-from .base import WindowedModel
+from .base import PoolingModel
 from .buckets import CudaGraphs, padded_shape, seq_buckets
 from .sources import ModelLocation, quiet_transformers
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-__all__ = ["TransformersActivationModel"]
+__all__ = ["TransformersActivationModel", "pool_torch"]
 
 log = logging.getLogger(__name__)
 
 
-class TransformersActivationModel(WindowedModel):
+class TransformersActivationModel(PoolingModel):
     """A Hugging Face model truncated after its deepest requested layer (no head; no final norm
     unless the last layer is requested)."""
 
@@ -131,44 +131,29 @@ class TransformersActivationModel(WindowedModel):
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
         return [len(x) for x in self.tokenize(texts)]
 
+    def _ids_and_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+        if not getattr(self.tokenizer, "is_fast", False):
+            raise ModelError(
+                f"{self.name} has no fast tokenizer, so its tokens have no character offsets: "
+                f"put the model's tokenizer.json in {self.location.path} (transformers loads a "
+                "fast tokenizer from it)"
+            )
+        enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        return enc["input_ids"], enc["offset_mapping"]
+
     # -- forward -------------------------------------------------------------------------------
     def encode_token_windows(self, wins: list[Window], n_texts: int) -> WindowFeatures:
         import torch
 
         if self.settings.threads and torch.get_num_threads() != self.settings.threads:
             torch.set_num_threads(self.settings.threads)
-        # Rows: one per window, then its spans; and the head and tail of every long text.
-        edge = self.settings.edge_window if self.pooling == "mean" else 0
-        plan = plan_rows(wins, self.spans, edge)
-        row_of, spans_of = plan.row_of, plan.spans_of
-        feats = {
-            layer: np.zeros((len(plan.text_index), self.feature_size), dtype=np.float32)
-            for layer in self.layers
-        }
-        # Group by length: padding wastes compute.
-        order = sorted(range(len(wins)), key=lambda j: len(wins[j].content))
-        bs = self.settings.batch_size
         with torch.inference_mode():
-            for b in range(0, len(order), bs):
-                idx = order[b : b + bs]
-                self._forward(idx, wins, feats, row_of, spans_of)
-        return plan.features(feats, n_texts)
+            return super().encode_token_windows(wins, n_texts)
 
-    def _forward(
-        self,
-        idx: list[int],
-        wins: list[Window],
-        feats: dict[int, np.ndarray],
-        row_of: list[list[int]],
-        spans_of: list[list[tuple[int, int]]],
-    ) -> None:
+    def _pool(self, plan: PoolPlan) -> list[np.ndarray]:
         import torch
 
-        p, s = len(self._prefix), len(self._suffix)
-        seqs = [self._prefix + wins[j].content + self._suffix for j in idx]
-        if any(len(x) == 0 for x in seqs):
-            # Without a template an empty text has no token at all: feed the pad/eos token.
-            seqs = [x or [self._pad_id] for x in seqs]
+        seqs = plan.seqs
         n_rows, width = len(seqs), max(len(x) for x in seqs)
         if self._buckets:
             # A few fixed shapes (rows padded too when graphs replay them); the padding rows
@@ -184,48 +169,8 @@ class TransformersActivationModel(WindowedModel):
             ids[r, : len(x)] = torch.tensor(x, dtype=torch.long)
             mask[r, : len(x)] = 1
         run = self._graphs if self._graphs is not None else self._hidden
-        hidden = dict(
-            zip(self.layers, run(ids.to(self._device), mask.to(self._device)), strict=True)
-        )
-        # Pool over content tokens (the template prefix is identical for every input).
-        mask = mask[: len(seqs)]
-        lengths = mask.sum(1)
-        pool_mask = torch.zeros((len(seqs), width), dtype=torch.float32)
-        for r, j in enumerate(idx):
-            n = len(wins[j].content)
-            if n:
-                # Content tokens, and the end-of-turn tokens that have read all of them: they
-                # keep very short messages ("hi") from being judged on one token alone.
-                pool_mask[r, p : p + n + (s if self.settings.pool_suffix else 0)] = 1.0
-            else:
-                pool_mask[r, int(lengths[r]) - max(s, 1) : int(lengths[r])] = 1.0
-        pool_mask = pool_mask.to(self._device)
-        denom = pool_mask.sum(1, keepdim=True)
-        last_pos = (lengths - 1).to(self._device)
-        rows = torch.arange(len(seqs), device=self._device)
-        full_rows = [row_of[j][0] for j in idx]
-        span_rows = [
-            (r, row, a, length)
-            for r, j in enumerate(idx)
-            for row, (a, length) in zip(row_of[j][1:], spans_of[j], strict=True)
-        ]
-        for layer in self.layers:
-            hs = hidden[layer][: len(seqs)].float()
-            parts = []
-            if self.pooling in ("mean", "both"):
-                parts.append((hs * pool_mask[:, :, None]).sum(1) / denom)
-            if self.pooling in ("last", "both"):
-                parts.append(hs[rows, last_pos])
-            feats[layer][full_rows] = torch.cat(parts, dim=1).cpu().numpy()
-            if span_rows:
-                # Span means from a running sum over positions: one gather for all spans.
-                csum = torch.cumsum(hs, dim=1)
-                csum = torch.cat([torch.zeros_like(csum[:, :1]), csum], dim=1)
-                r_idx = torch.tensor([r for r, _, _, _ in span_rows], device=self._device)
-                a_idx = torch.tensor([p + a for _, _, a, _ in span_rows], device=self._device)
-                n_tok = torch.tensor([n for _, _, _, n in span_rows], device=self._device)
-                sp = (csum[r_idx, a_idx + n_tok] - csum[r_idx, a_idx]) / n_tok[:, None]
-                feats[layer][[row for _, row, _, _ in span_rows]] = sp.cpu().numpy()
+        hidden = run(ids.to(self._device), mask.to(self._device))
+        return pool_torch(plan, [hs[: len(seqs)] for hs in hidden])
 
     def _hidden(self, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Hidden states of the requested layers, in ``self.layers`` order."""
@@ -292,6 +237,37 @@ class TransformersActivationModel(WindowedModel):
             "cache_dir": str(self.settings.cache_dir or constants.cache_dir()),
             **self.location.extra,
         }
+
+
+def pool_torch(plan: PoolPlan, hidden: Sequence[torch.Tensor]) -> list[np.ndarray]:
+    """The plan's rows (float32, in ``plan.rows`` order) from each layer's hidden states
+    ``[len(plan.seqs), width, hidden]``: the torch reduction of :class:`PoolPlan`."""
+    import torch
+
+    if not hidden:
+        return []
+    dev = hidden[0].device
+    mask = torch.from_numpy(plan.mean_mask(hidden[0].shape[1])).to(dev)
+    denom = mask.sum(1, keepdim=True)
+    seq_idx = torch.arange(len(plan.seqs), device=dev)
+    last_pos = torch.from_numpy(plan.last_pos).to(dev)
+    r, a, n = (torch.from_numpy(x).to(dev) for x in (plan.span_seq, plan.span_start, plan.span_len))
+    out = []
+    for hs in hidden:
+        hs = hs.float()
+        parts = []
+        if plan.mean:
+            parts.append((hs * mask[:, :, None]).sum(1) / denom)
+        if plan.last:
+            parts.append(hs[seq_idx, last_pos])
+        rows = [torch.cat(parts, dim=1)]
+        if len(n):
+            # Span means from a running sum over positions: one gather for all spans.
+            csum = torch.cumsum(hs, dim=1)
+            csum = torch.cat([torch.zeros_like(csum[:, :1]), csum], dim=1)
+            rows.append((csum[r, a + n] - csum[r, a]) / n[:, None])
+        out.append(torch.cat(rows).cpu().numpy())
+    return out
 
 
 def _choose_dtype(settings: ModelSettings, config: Any) -> DtypeChoice:

@@ -14,7 +14,7 @@ web framework; :func:`console_app` imports Starlette.
 from __future__ import annotations
 
 from .app import Authorizer, console_app, gateway_authorizer, gateway_console, recent, screen, stats
-from .highlight import char_span, highlight, token_offsets
+from .highlight import char_span, highlight
 
 __all__ = [
     "Authorizer",
@@ -26,5 +26,4 @@ __all__ = [
     "recent",
     "screen",
     "stats",
-    "token_offsets",
 ]
