@@ -319,9 +319,9 @@ class WindowFeatures:
     def save(
         self, path: str | Path, key: str = "", extra: dict[str, np.ndarray] | None = None
     ) -> None:
-        """Write an ``.npz`` file; ``key`` records what made it (see ``corpus.cached_extract``).
-        The file is written next to ``path`` and moved into place, so a reader never sees half
-        of it."""
+        """Write an ``.npz`` file; ``key`` records what made it (see
+        ``training.corpus.cached_extract``). The file is written next to ``path`` and moved into
+        place, so a reader never sees half of it."""
         path = Path(path)
         tmp = path.with_name(path.name + ".tmp.npz")
         np.savez(

@@ -23,15 +23,6 @@ __all__ = [
 ]
 
 
-def token_offsets(model: ActivationModel, text: str) -> list[tuple[int, int]] | None:
-    """``model.token_offsets(text)``, or None when the model cannot tell. Kept for callers not
-    yet moved to :meth:`~alknet_firewall.model.base.ActivationModel.token_offsets`."""
-    try:
-        return model.token_offsets(text)
-    except ModelError:
-        return None
-
-
 def char_span(
     offsets: Sequence[tuple[int, int]], token_start: int, n_tokens: int
 ) -> tuple[int, int] | None:
