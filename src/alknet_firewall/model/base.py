@@ -122,4 +122,6 @@ class WindowedModel:
         """Span rows inside a window of ``n`` content tokens (mean pooling only)."""
         if self.pooling != "mean":
             return []
-        return window_spans(n, self.settings.sub_window, self.settings.sub_window_stride)
+        return window_spans(
+            n, self.settings.reading.sub_window, self.settings.reading.sub_window_stride
+        )
