@@ -33,7 +33,9 @@ def ensure_exports(layers: tuple[int, ...]) -> dict[str, float]:
 
     spent = {}
     for precision in PRECISIONS:
-        ms = load_settings(None, model={"layers": layers, "onnx_precision": precision}).model
+        ms = load_settings(
+            None, model={"reading": {"layers": layers}, "onnx": {"precision": precision}}
+        ).model
         t0 = time.perf_counter()
         try:
             find_onnx_dir(ms)

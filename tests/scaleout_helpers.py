@@ -40,9 +40,7 @@ def screening_settings(url: str | None = None, **extra: Any) -> Any:
         # Generous timeouts: CI machines are shared; timeouts are tested on purpose elsewhere.
         model = {
             "backend": "remote",
-            "backend_url": url,
-            "backend_retries": 1,
-            "backend_timeout_s": 60,
+            "remote": {"url": url, "retries": 1, "timeout_s": 60},
         }
     merged: dict[str, Any] = {
         "detection": {"codebook": codebook_path()},
