@@ -1,10 +1,10 @@
 """One validated settings object for every layer.
 
-Size (~700 lines): declarations only — every field with its default, bounds and description
+Size (~900 lines): declarations only — every field with its default, bounds and description
 (the source of ``docs/configuration.md``) — so the whole settings tree reads in one place.
 
 Sources, highest priority first: keyword arguments, ``ALKNET_FIREWALL_*`` environment variables
-(nested fields with ``__``: ``ALKNET_FIREWALL_MODEL__LAYERS='[12]'``), a YAML file
+(nested fields with ``__``: ``ALKNET_FIREWALL_MODEL__READING__LAYERS='[12]'``), a YAML file
 (``path`` argument or ``$ALKNET_FIREWALL_CONFIG``), then the defaults below.
 """
 
@@ -549,13 +549,13 @@ class _WorkerSettings(_Strict):
         256,
         ge=1,
         description="Requests waiting at most; beyond it new work is refused as overload "
-        "(the model server answers 429).",
+        "(`OverloadError` in the pool, 429 from the model server).",
     )
     timeout_s: float = Field(
         30.0,
         gt=0.0,
-        description="Per-call timeout in seconds; past it the fail mode decides (the model "
-        "server answers 504).",
+        description="Limit on one call in seconds: past it a screen gets its policy's fail "
+        "mode, a model server encode a 504.",
     )
 
 
@@ -697,7 +697,7 @@ class ModelServerSettings(_WorkerSettings):
     )
     keys: tuple[str, ...] = Field(
         (),
-        description="Keys clients (model.backend_key) must send as 'Authorization: Bearer "
+        description="Keys clients (model.remote.key) must send as 'Authorization: Bearer "
         "KEY', or their 'sha256:<hex>' digests; empty: no key needed. Env: "
         "ALKNET_FIREWALL_MODEL_SERVER__KEYS='[\"k1\"]'.",
     )
@@ -777,7 +777,9 @@ class Settings(_Mergeable, BaseSettings):
     )
 
     model: ModelSettings = Field(
-        ModelSettings(), description="Which model reads the text, and how it pools."
+        ModelSettings(),
+        description="Which model reads the text, how (`model.reading`), and where it runs "
+        "(`model.backend`).",
     )
     detection: DetectionSettings = Field(DetectionSettings(), description="Codebook and scoring.")
     policies: dict[str, PolicySettings] = Field(

@@ -191,7 +191,7 @@ class RemoteActivationModel:
         if status == 401:
             raise ConfigurationError(
                 f"the model server at {self.url} wants a key (401): set model.remote.key "
-                "(or ALKNET_FIREWALL_MODEL__BACKEND_KEY) to one of its model_server.keys"
+                "(or ALKNET_FIREWALL_MODEL__REMOTE__KEY) to one of its model_server.keys"
                 + (" - the key set now is not one of them" if self.settings.remote.key else "")
             )
         if status in (429, 503):

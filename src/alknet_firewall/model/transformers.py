@@ -59,7 +59,8 @@ class TransformersActivationModel(WindowedModel):
                 deepest = max(self.layers)
                 if deepest > total:
                     raise ConfigurationError(
-                        f"model.layers asks for layer {deepest} but {self.name} has {total} layers"
+                        f"model.reading.layers asks for layer {deepest} but {self.name} has "
+                        f"{total} layers"
                     )
                 self.tokenizer = AutoTokenizer.from_pretrained(str(location.path))
                 self.dtype_choice = _choose_dtype(settings, config)
