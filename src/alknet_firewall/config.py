@@ -294,18 +294,16 @@ def _upgrade_model_keys(data: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _warn(message: str) -> None:
-    """A ``DeprecationWarning`` attributed to the first caller outside pydantic and this module
-    (one attributed to pydantic's validation code would be hidden by default)."""
+    """A ``DeprecationWarning`` attributed to the first caller outside pydantic and this package:
+    the user's code, or the ``alknet-firewall`` script's ``__main__`` (shown by default) for a
+    name read from YAML or the environment by the CLI."""
     frame, level = sys._getframe(1), 2
-    while frame is not None:
-        module = frame.f_globals.get("__name__", "")
-        if module != __name__ and module.partition(".")[0] not in _PYDANTIC:
-            break
+    while frame is not None and frame.f_globals.get("__name__", "").partition(".")[0] in _INSIDE:
         frame, level = frame.f_back, level + 1
     warnings.warn(message, DeprecationWarning, stacklevel=level)
 
 
-_PYDANTIC = ("pydantic", "pydantic_core", "pydantic_settings")
+_INSIDE = ("pydantic", "pydantic_core", "pydantic_settings", __name__.partition(".")[0])
 
 
 class ModelSettings(_Strict):
