@@ -434,8 +434,9 @@ def test_legacy_flat_keys_from_a_dict() -> None:
     with pytest.warns(DeprecationWarning) as record:
         _check_legacy(load_settings(model=LEGACY).model)
     assert "model.onnx_path is deprecated; use model.onnx.path" in str(record[2].message)
-    with pytest.warns(DeprecationWarning, match=r"model\.reading\.layers"):
+    with pytest.warns(DeprecationWarning) as record:
         _check_legacy(ModelSettings(**LEGACY))
+    assert "use model.reading.layers" in str(record[0].message)
 
 
 def test_legacy_flat_keys_from_yaml(tmp_path: Path) -> None:
@@ -466,6 +467,8 @@ def test_legacy_and_new_name_must_agree() -> None:
     with pytest.warns(DeprecationWarning), pytest.raises(ConfigurationError) as info:
         load_settings(model={"onnx_threads": 2, "onnx": {"threads": 4}})
     assert "model.onnx_threads" in str(info.value) and "model.onnx.threads" in str(info.value)
+    with pytest.warns(DeprecationWarning), pytest.raises(ConfigurationError, match="disagree"):
+        ModelSettings().merged(onnx_threads=2, onnx={"threads": 4})
 
 
 def test_legacy_names_in_merged_and_attribute_reads() -> None:

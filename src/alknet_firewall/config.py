@@ -95,11 +95,13 @@ class _Mergeable:
         assert isinstance(self, BaseModel)
         if not changes:
             return self
-        data = _deep_merge(self.model_dump(), _upgrade_changes(self, changes))
         try:
+            data = _deep_merge(self.model_dump(), _upgrade_changes(self, changes))
             return type(self).model_validate(data)
         except ValidationError as exc:
             raise ConfigurationError(_describe(exc)) from None
+        except ValueError as exc:  # a deprecated name that disagrees with its new one
+            raise ConfigurationError(f"invalid alknet-firewall settings: {exc}") from None
 
 
 def _upgrade_changes(target: BaseModel, changes: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -277,12 +279,14 @@ def _upgrade_model_keys(data: Mapping[str, Any]) -> dict[str, Any]:
         new = f"model.{group}.{name}"
         _warn(
             f"model.{old} is deprecated; use {new} (YAML `{group}: {{{name}: ...}}` under "
-            f"`model`, env ALKNET_FIREWALL_MODEL__{group.upper()}__{name.upper()})"
+            f"`model`, env {ENV_PREFIX}MODEL__{group.upper()}__{name.upper()})"
         )
-        section = out.get(group)
+        section = out.get(group) or {}
         if isinstance(section, BaseModel):
             section = section.model_dump()
-        section = dict(section) if isinstance(section, Mapping) else {}
+        if not isinstance(section, Mapping):
+            raise ValueError(f"model.{group} must be a mapping, got {section!r}")
+        section = dict(section)
         if name in section and _plain(section[name]) != _plain(value):
             raise ValueError(
                 f"model.{old} (deprecated) = {value!r} and {new} = {section[name]!r} disagree; "
