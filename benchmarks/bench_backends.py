@@ -111,7 +111,7 @@ def _firewall(url: str | None) -> Any:
     model: dict[str, Any] = {}
     pool: dict[str, Any] = {"workers": 2, "threads_per_worker": 1, "cache_size": 0}
     if url is not None:
-        model = {"backend": "remote", "backend_url": url, "backend_connections": 64}
+        model = {"backend": "remote", "remote": {"url": url, "connections": 64}}
         # Pool workers of a remote backend only wait on HTTP: enough to keep the server fed.
         pool = {"workers": 8, "cache_size": 0}
     return Firewall(load_settings(None, model=model, pool=pool))

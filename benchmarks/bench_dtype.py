@@ -20,10 +20,12 @@ def settings(
     workers: int = 1,
     threads: int = 1,
     burst: int | None = None,
+    onnx: dict[str, Any] | None = None,
     **model: Any,
 ) -> Any:
     """Settings for one configuration: ``threads`` is the torch threads per worker and, for the
-    onnx backend, ``model.onnx_threads`` (its session's pool); ``burst`` 0 means the default."""
+    onnx backend, ``model.onnx.threads`` (its session's pool) unless ``onnx`` sets them;
+    ``burst`` 0 means the default."""
     from alknet_firewall.config import load_settings
 
     pool: dict[str, Any] = {
@@ -35,7 +37,9 @@ def settings(
     if burst == 0:  # 0: the default (every usable core)
         pool.pop("burst_threads")
     elif model.get("backend") == "onnx":
-        model.setdefault("onnx_threads", threads)
+        onnx = {"threads": threads, **(onnx or {})}
+    if onnx:
+        model["onnx"] = onnx
     return load_settings(None, model={"dtype": dtype, **model}, pool=pool)
 
 

@@ -33,7 +33,9 @@ def ensure_exports(layers: tuple[int, ...]) -> dict[str, float]:
 
     spent = {}
     for precision in PRECISIONS:
-        ms = load_settings(None, model={"layers": layers, "onnx_precision": precision}).model
+        ms = load_settings(
+            None, model={"reading": {"layers": layers}, "onnx": {"precision": precision}}
+        ).model
         t0 = time.perf_counter()
         try:
             find_onnx_dir(ms)
@@ -73,7 +75,7 @@ def _onnx(ctx: Context) -> dict[str, Any]:
     msgs = ctx.msgs_by_len[TOKENS]
     for precision in PRECISIONS:
         for threads in (1, 2):
-            fw = Firewall(settings(backend="onnx", onnx_precision=precision, threads=threads,
+            fw = Firewall(settings(backend="onnx", onnx={"precision": precision}, threads=threads,
                                    dtype="float32"))  # fmt: skip
             try:
                 st = p50_screen(fw, msgs, ctx)
@@ -86,7 +88,9 @@ def _onnx(ctx: Context) -> dict[str, Any]:
 
     cores = usable_cores()
     for precision in PRECISIONS:
-        fw = Firewall(settings(backend="onnx", onnx_precision=precision, workers=cores, burst=0))
+        fw = Firewall(
+            settings(backend="onnx", onnx={"precision": precision}, workers=cores, burst=0)
+        )
         try:
             row = {"dtype": precision, "workers": cores}
             for c in (1, 32):
@@ -105,7 +109,7 @@ def _onnx(ctx: Context) -> dict[str, Any]:
     det = {"probes": n_probes, "corpus": len(texts) - n_probes}
     for precision in PRECISIONS:
         fw = Firewall(
-            settings(backend="onnx", onnx_precision=precision, dtype="float32", onnx_threads=1)
+            settings(backend="onnx", onnx={"precision": precision, "threads": 1}, dtype="float32")
         )
         try:
             scores, actions = _verdicts(fw, texts)

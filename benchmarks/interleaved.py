@@ -53,7 +53,7 @@ def main() -> None:
             fws[f"torch {dt} x{th}"] = Firewall(settings(dtype=dt, threads=th))
         for prec in ("float32", "int8"):
             fws[f"onnx {prec} x{th}"] = Firewall(
-                settings(backend="onnx", onnx_precision=prec, threads=th, dtype="float32")
+                settings(backend="onnx", onnx={"precision": prec}, threads=th, dtype="float32")
             )
     fws["default (auto, burst)"] = Firewall(settings(workers=cores, burst=0))
     maker = MessageMaker(next(iter(fws.values())).model, benign)
@@ -99,10 +99,10 @@ def main() -> None:
                 settings(dtype="bfloat16", workers=cores, threads=1, burst=1)
             ),
             "onnx float32 (default pool)": Firewall(
-                settings(backend="onnx", onnx_precision="float32", workers=cores, burst=0)
+                settings(backend="onnx", onnx={"precision": "float32"}, workers=cores, burst=0)
             ),
             "onnx int8 (default pool)": Firewall(
-                settings(backend="onnx", onnx_precision="int8", workers=cores, burst=0)
+                settings(backend="onnx", onnx={"precision": "int8"}, workers=cores, burst=0)
             ),
         }
         thr: dict[str, dict[str, list[float]]] = {k: {"1": [], "32": []} for k in pools}

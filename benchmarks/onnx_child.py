@@ -32,7 +32,7 @@ def main() -> None:
     fw = Firewall(
         load_settings(
             None,
-            model={"backend": "onnx", "onnx_precision": sys.argv[2]},
+            model={"backend": "onnx", "onnx": {"precision": sys.argv[2]}},
             pool={"warmup": False, "cache_size": 0},
         )
     )

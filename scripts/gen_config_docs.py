@@ -9,7 +9,9 @@ Every field's ``Field(description=...)`` is its documentation; the tables betwee
     .venv/bin/python scripts/gen_config_docs.py --check  # exit 1 when they are out of date
 
 A field whose default is computed at start-up (``default_factory`` reading the machine) names it
-in words with ``json_schema_extra={"doc_default": "..."}``.
+in words with ``json_schema_extra={"doc_default": "..."}``. A group of fields inside a section
+(``model.reading``, ``model.onnx``) gets its own table below the section's, with its environment
+variable prefix.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
-from alknet_firewall.config import PolicySettings, Settings
+from alknet_firewall.config import LEGACY_MODEL_KEYS, ModelSettings, PolicySettings, Settings
+from alknet_firewall.constants import ENV_PREFIX
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "configuration.md"
@@ -74,24 +77,60 @@ def _table(fields: dict[str, FieldInfo]) -> list[str]:
     return lines
 
 
+def _group(info: FieldInfo) -> type[BaseModel] | None:
+    ann = info.annotation
+    return ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+
+
+def _legacy_note() -> list[str]:
+    moved: dict[str, list[str]] = {}
+    for old, (group, _) in LEGACY_MODEL_KEYS.items():
+        moved.setdefault(group, []).append(f"`{old}`")
+    names = "; ".join(f"{', '.join(olds)} → `model.{group}.*`" for group, olds in moved.items())
+    return [
+        "Deprecated: the flat names of 0.1 still load (YAML, environment, keyword arguments) "
+        f"with a `DeprecationWarning` naming the new one, until the next release: {names} "
+        "(`onnx_path` is `onnx.path`, `backend_url` is `remote.url`; giving both names with "
+        "different values is an error).",
+        "",
+    ]
+
+
+def _section(path: str, model: type[BaseModel], doc: str, depth: int = 0) -> list[str]:
+    """``path``'s heading, description and table, then one per group of fields inside it."""
+    heading = "#" * (3 + depth) + f" `{path}`"
+    out = [heading, "", " ".join(doc.split()), ""]
+    if depth:
+        env = ENV_PREFIX + path.upper().replace(".", "__")
+        first = next(iter(model.model_fields)).upper()
+        out += [f"Environment: `{env}__<FIELD>`, e.g. `{env}__{first}`.", ""]
+    fields = {n: i for n, i in model.model_fields.items() if _group(i) is None}
+    groups = {n: i for n, i in model.model_fields.items() if _group(i) is not None}
+    if groups:
+        listed = ", ".join(f"`{path}.{n}`" for n in groups)
+        out += [f"Groups below: {listed}.", ""]
+    out += [*_table(fields), ""]
+    if model is ModelSettings:
+        out += _legacy_note()
+    for name, info in groups.items():
+        group = _group(info)
+        assert group is not None
+        out += _section(f"{path}.{name}", group, info.description or "", depth + 1)
+    return out
+
+
 def render() -> str:
-    """The generated reference: one table per section, then the top-level fields."""
+    """The generated reference: one table per section (and per group inside one), then the
+    top-level fields."""
     out: list[str] = []
     top: dict[str, FieldInfo] = {}
     for name, info in Settings.model_fields.items():
-        ann = info.annotation
-        section = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
-        if name == "policies":
-            section = PolicySettings
+        section = PolicySettings if name == "policies" else _group(info)
         if section is None:
             top[name] = info
             continue
-        title = f"`{name}`" if name != "policies" else "`policies.<name>`"
-        out += [f"### {title}", ""]
-        doc = (section.__doc__ or "").strip().split("\n\n")[0]
-        if info.description:
-            doc = info.description
-        out += [" ".join(doc.split()), "", *_table(section.model_fields), ""]
+        doc = info.description or (section.__doc__ or "").strip().split("\n\n")[0]
+        out += _section("policies.<name>" if name == "policies" else name, section, doc)
     out += ["### top level", "", *_table(top)]
     return "\n".join(out)
 

@@ -122,19 +122,19 @@ def _load(**kwargs: Any) -> Any:
     from alknet_firewall.config import ModelSettings
     from alknet_firewall.model import load_model
 
-    kwargs.setdefault("pool_suffix", False)
-    return load_model(ModelSettings(**kwargs))
+    reading = {"pool_suffix": False, **kwargs.pop("reading", {})}
+    return load_model(ModelSettings(reading=reading, **kwargs))
 
 
 @pytest.fixture(scope="session")
 def fp32_model(embedded_location: Any) -> Any:
     """Layers 4 and 8, float32, mean pooling; batch_size 2 so batches split and pad."""
-    return _load(layers=(4, 8), dtype="float32", batch_size=2)
+    return _load(dtype="float32", batch_size=2, reading={"layers": (4, 8)})
 
 
 @pytest.fixture(scope="session")
 def bf16_model(embedded_location: Any) -> Any:
-    return _load(layers=(4, 8), dtype="bfloat16", batch_size=2)
+    return _load(dtype="bfloat16", batch_size=2, reading={"layers": (4, 8)})
 
 
 @pytest.fixture(scope="session")
@@ -142,7 +142,8 @@ def window_models(embedded_location: Any) -> dict[str, Any]:
     """Layer 4, float32, 32-token windows overlapping by 8, one model per pooling."""
     return {
         pooling: _load(
-            layers=(4,), dtype="float32", max_tokens=32, window_overlap=8, pooling=pooling
+            dtype="float32",
+            reading={"layers": (4,), "max_tokens": 32, "window_overlap": 8, "pooling": pooling},
         )
         for pooling in ("mean", "last", "both")
     }
@@ -151,7 +152,7 @@ def window_models(embedded_location: Any) -> dict[str, Any]:
 @pytest.fixture(scope="session")
 def layer2_model(embedded_location: Any) -> Any:
     """Layer 2 only, float32, 128-token windows, batches of 8: the cheap long-text model."""
-    return _load(layers=(2,), dtype="float32", max_tokens=128, batch_size=8)
+    return _load(dtype="float32", batch_size=8, reading={"layers": (2,), "max_tokens": 128})
 
 
 @pytest.fixture(scope="session")

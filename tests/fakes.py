@@ -36,7 +36,9 @@ class FakeModel:
     dtype = "bfloat16"
 
     def __init__(self) -> None:
-        self.settings = ModelSettings(layers=(8,), max_tokens=32, window_overlap=8)
+        self.settings = ModelSettings(
+            reading={"layers": (8,), "max_tokens": 32, "window_overlap": 8}
+        )
         self.sleep_s = 0.0
         self.fail: BaseException | None = None
         self.hang = threading.Event()  # set() makes encode block until release is set

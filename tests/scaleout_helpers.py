@@ -37,9 +37,7 @@ def screening_settings(url: str | None = None, **extra: Any) -> Any:
         # Generous timeouts: CI machines are shared; timeouts are tested on purpose elsewhere.
         model = {
             "backend": "remote",
-            "backend_url": url,
-            "backend_retries": 1,
-            "backend_timeout_s": 60,
+            "remote": {"url": url, "retries": 1, "timeout_s": 60},
         }
     merged: dict[str, Any] = {
         "detection": {"codebook": codebook_path()},
@@ -47,9 +45,16 @@ def screening_settings(url: str | None = None, **extra: Any) -> Any:
         "policies": {"default": {}, "open": {"fail_mode": "open"}},
         "model": model,
     }
+    return load_settings(None, **_merge(merged, extra))
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``extra`` merged in, nested mappings key by key (``model.remote``)."""
+    out = dict(base)
     for key, value in extra.items():
-        merged[key] = {**merged.get(key, {}), **value}
-    return load_settings(None, **merged)
+        nested = isinstance(value, dict) and isinstance(out.get(key), dict)
+        out[key] = _merge(out[key], value) if nested else value
+    return out
 
 
 def comparable(verdict: Any) -> tuple[Any, ...]:

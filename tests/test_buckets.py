@@ -114,9 +114,9 @@ def test_bucketed_padding_keeps_features(embedded_location: Any, texts: list[str
     from alknet_firewall.config import ModelSettings
     from alknet_firewall.model import load_model
 
-    plain = load_model(ModelSettings(layers=(4,), dtype="float32", batch_size=2))
+    plain = load_model(ModelSettings(dtype="float32", batch_size=2, reading={"layers": (4,)}))
     bucketed = load_model(
-        ModelSettings(layers=(4,), dtype="float32", batch_size=2, shape_buckets=True)
+        ModelSettings(dtype="float32", batch_size=2, shape_buckets=True, reading={"layers": (4,)})
     )
     assert plain.describe()["shape_buckets"] == []
     longest = len(bucketed._prefix) + 128 + len(bucketed._suffix)
@@ -130,6 +130,6 @@ def test_cuda_graphs_are_ignored_on_the_cpu(embedded_location: Any) -> None:
     from alknet_firewall.config import ModelSettings
     from alknet_firewall.model import load_model
 
-    model = load_model(ModelSettings(layers=(2,), dtype="float32", cuda_graphs=True))
+    model = load_model(ModelSettings(dtype="float32", cuda_graphs=True, reading={"layers": (2,)}))
     assert model.describe()["cuda_graphs"] is False
     assert model.encode(["hello"])[2].shape == (1, model.hidden_size)

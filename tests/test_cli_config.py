@@ -49,7 +49,7 @@ def test_settings_examples_are_valid_settings(tmp_path: Path) -> None:
         if name == "policies":
             assert "team-a" in settings.policies
         if name == "onnx":
-            assert settings.model.backend == "onnx" and settings.model.onnx_path is not None
+            assert settings.model.backend == "onnx" and settings.model.onnx.path is not None
 
 
 def test_litellm_example_runs_alone() -> None:
@@ -111,7 +111,7 @@ def test_check_screening_names_the_missing_codebook(tmp_path: Path) -> None:
 
 
 def test_check_screening_names_the_missing_onnx_export(tmp_path: Path) -> None:
-    settings = load_settings(None, model={"backend": "onnx", "onnx_path": tmp_path / "nope"})
+    settings = load_settings(None, model={"backend": "onnx", "onnx": {"path": tmp_path / "nope"}})
     with pytest.raises(ModelNotFoundError, match="model prepare --format onnx"):
         check_screening(settings)
 

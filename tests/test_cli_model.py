@@ -22,9 +22,13 @@ def _one_json_object(stdout: str) -> dict:
 @pytest.mark.slow
 def test_model_info(run_cli, tmp_path: Path, embedded_location) -> None:
     config = tmp_path / "fw.yaml"
-    config.write_text("model:\n  layers: [3, 2]\n  dtype: float32\n")
+    config.write_text("model:\n  reading: {layers: [3, 2]}\n  dtype: float32\n")
     proc = run_cli(
-        "--config", str(config), "model", "info", env={"ALKNET_FIREWALL_MODEL__POOLING": "both"}
+        "--config",
+        str(config),
+        "model",
+        "info",
+        env={"ALKNET_FIREWALL_MODEL__READING__POOLING": "both"},
     )
     assert proc.returncode == 0, proc.stderr
     info = _one_json_object(proc.stdout)
@@ -63,9 +67,9 @@ def test_missing_config_file_exits_2(run_cli, tmp_path: Path) -> None:
 
 
 def test_invalid_env_setting_exits_2(run_cli) -> None:
-    proc = run_cli("model", "info", env={"ALKNET_FIREWALL_MODEL__MAX_TOKENS": "3"})
+    proc = run_cli("model", "info", env={"ALKNET_FIREWALL_MODEL__READING__MAX_TOKENS": "3"})
     assert proc.returncode == 2
-    assert "model.max_tokens" in proc.stderr
+    assert "model.reading.max_tokens" in proc.stderr
     assert "Traceback" not in proc.stderr
 
 

@@ -33,13 +33,14 @@ def test_defaults() -> None:
     assert m.repo_id == "HuggingFaceTB/SmolLM2-135M-Instruct"
     assert m.revision == "main"
     # The default layer is a tuning choice (it moves with the shipped codebook): pin its shape only.
-    assert len(m.layers) >= 1 and all(isinstance(x, int) and 1 <= x <= 30 for x in m.layers)
-    assert m.pooling == "mean"
+    layers = m.reading.layers
+    assert len(layers) >= 1 and all(isinstance(x, int) and 1 <= x <= 30 for x in layers)
+    assert m.reading.pooling == "mean"
     assert m.dtype == "auto"  # bfloat16 where faster (ADR 0005)
-    assert m.max_tokens == 128
-    assert m.window_overlap == 16
+    assert m.reading.max_tokens == 128
+    assert m.reading.window_overlap == 16
     assert m.batch_size == 16
-    assert m.chat_template is True
+    assert m.reading.chat_template is True
     assert m.cache_dir is None and m.local_path is None
     assert s.default_policy == "default"
     assert list(s.policies) == ["default"]
@@ -61,13 +62,13 @@ def test_defaults() -> None:
 def test_settings_are_frozen() -> None:
     s = load_settings()
     with pytest.raises(pydantic.ValidationError):
-        s.model.layers = (3,)  # type: ignore[misc]
+        s.model.reading.layers = (3,)  # type: ignore[misc]
     with pytest.raises(pydantic.ValidationError):
         s.log_text = True  # type: ignore[misc]
 
 
 def test_layers_are_sorted_and_deduplicated() -> None:
-    assert ModelSettings(layers=(8, 4, 8)).layers == (4, 8)
+    assert ModelSettings(reading={"layers": (8, 4, 8)}).reading.layers == (4, 8)
 
 
 # --------------------------------------------------------------------------------------------
@@ -75,10 +76,11 @@ def test_layers_are_sorted_and_deduplicated() -> None:
 # --------------------------------------------------------------------------------------------
 YAML = """
 model:
-  layers: [6, 3, 6]
+  reading:
+    layers: [6, 3, 6]
+    max_tokens: 64
+    window_overlap: 4
   dtype: float32
-  max_tokens: 64
-  window_overlap: 4
 server:
   port: 9000
 policies:
@@ -93,10 +95,10 @@ log_text: true
 
 def test_yaml_file(tmp_path: Path) -> None:
     s = load_settings(write_yaml(tmp_path, YAML))
-    assert s.model.layers == (3, 6)
+    assert s.model.reading.layers == (3, 6)
     assert s.model.dtype == "float32"
-    assert s.model.max_tokens == 64 and s.model.window_overlap == 4
-    assert s.model.pooling == "mean"  # untouched fields keep their defaults
+    assert s.model.reading.max_tokens == 64 and s.model.reading.window_overlap == 4
+    assert s.model.reading.pooling == "mean"  # untouched fields keep their defaults
     assert s.server.port == 9000 and s.server.host == "127.0.0.1"
     assert s.default_policy == "strict"
     assert s.policy().thresholds == {"notice": 0.2, "warning": 0.5, "critical": 0.8}
@@ -106,10 +108,10 @@ def test_yaml_file(tmp_path: Path) -> None:
 
 def test_yaml_path_from_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ALKNET_FIREWALL_CONFIG", str(write_yaml(tmp_path, YAML)))
-    assert load_settings().model.layers == (3, 6)
+    assert load_settings().model.reading.layers == (3, 6)
     # An explicit path wins over $ALKNET_FIREWALL_CONFIG.
-    other = write_yaml(tmp_path, "model: {layers: [9]}\n", name="other.yaml")
-    assert load_settings(other).model.layers == (9,)
+    other = write_yaml(tmp_path, "model: {reading: {layers: [9]}}\n", name="other.yaml")
+    assert load_settings(other).model.reading.layers == (9,)
 
 
 def test_empty_yaml_means_defaults(tmp_path: Path) -> None:
@@ -117,17 +119,17 @@ def test_empty_yaml_means_defaults(tmp_path: Path) -> None:
 
 
 def test_env_vars(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("ALKNET_FIREWALL_MODEL__LAYERS", "[4,8]")
+    monkeypatch.setenv("ALKNET_FIREWALL_MODEL__READING__LAYERS", "[4,8]")
     monkeypatch.setenv("ALKNET_FIREWALL_MODEL__DTYPE", "float32")
     monkeypatch.setenv("ALKNET_FIREWALL_SERVER__PORT", "8181")
     monkeypatch.setenv("ALKNET_FIREWALL_LOG_TEXT", "true")
     s = load_settings()
-    assert s.model.layers == (4, 8)
+    assert s.model.reading.layers == (4, 8)
     assert s.model.dtype == "float32"
     assert s.server.port == 8181
     assert s.log_text is True
     # Settings() itself reads the environment too.
-    assert Settings().model.layers == (4, 8)
+    assert Settings().model.reading.layers == (4, 8)
 
 
 def test_non_setting_env_vars_do_not_trip_extra_forbid(
@@ -145,34 +147,35 @@ def test_priority_kwargs_over_env_over_yaml(
 ) -> None:
     path = write_yaml(
         tmp_path,
-        "model:\n  layers: [2]\n  dtype: float32\n  max_tokens: 64\nserver:\n  port: 9000\n",
+        "model:\n  reading: {layers: [2], max_tokens: 64}\n  dtype: float32\n"
+        "server:\n  port: 9000\n",
     )
-    monkeypatch.setenv("ALKNET_FIREWALL_MODEL__LAYERS", "[4,8]")
-    monkeypatch.setenv("ALKNET_FIREWALL_MODEL__POOLING", "last")
+    monkeypatch.setenv("ALKNET_FIREWALL_MODEL__READING__LAYERS", "[4,8]")
+    monkeypatch.setenv("ALKNET_FIREWALL_MODEL__READING__POOLING", "last")
     monkeypatch.setenv("ALKNET_FIREWALL_SERVER__PORT", "9100")
 
     s = load_settings(path)
-    assert s.model.layers == (4, 8)  # env beats yaml
+    assert s.model.reading.layers == (4, 8)  # env beats yaml
     assert s.server.port == 9100
     assert s.model.dtype == "float32"  # yaml beats defaults
-    assert s.model.max_tokens == 64
-    assert s.model.pooling == "last"  # env beats defaults
+    assert s.model.reading.max_tokens == 64
+    assert s.model.reading.pooling == "last"  # env beats defaults
 
-    s = load_settings(path, model={"layers": [10]}, server={"port": 9200})
-    assert s.model.layers == (10,)  # kwargs beat env and yaml
+    s = load_settings(path, model={"reading": {"layers": [10]}}, server={"port": 9200})
+    assert s.model.reading.layers == (10,)  # kwargs beat env and yaml
     assert s.server.port == 9200
     # Nested sections merge field by field across sources.
-    assert s.model.pooling == "last"
+    assert s.model.reading.pooling == "last"
     assert s.model.dtype == "float32"
-    assert s.model.max_tokens == 64
+    assert s.model.reading.max_tokens == 64
 
 
 def test_coerce_settings(tmp_path: Path) -> None:
-    s = load_settings(model={"layers": [5]})
+    s = load_settings(model={"reading": {"layers": [5]}})
     assert coerce_settings(s) is s
-    assert coerce_settings({"model": {"layers": [5]}}).model.layers == (5,)
-    assert coerce_settings(write_yaml(tmp_path, YAML)).model.layers == (3, 6)
-    assert coerce_settings(str(write_yaml(tmp_path, YAML))).model.layers == (3, 6)
+    assert coerce_settings({"model": {"reading": {"layers": [5]}}}).model.reading.layers == (5,)
+    assert coerce_settings(write_yaml(tmp_path, YAML)).model.reading.layers == (3, 6)
+    assert coerce_settings(str(write_yaml(tmp_path, YAML))).model.reading.layers == (3, 6)
     assert coerce_settings(None) == load_settings()
 
 
@@ -193,12 +196,12 @@ def _error(**overrides: object) -> str:
 @pytest.mark.parametrize(
     ("overrides", "field"),
     [
-        ({"model": {"max_tokens": 3}}, "model.max_tokens"),
-        ({"model": {"max_tokens": 100000}}, "model.max_tokens"),
-        ({"model": {"layers": [0]}}, "model.layers"),
-        ({"model": {"layers": []}}, "model.layers"),
+        ({"model": {"reading": {"max_tokens": 3}}}, "model.reading.max_tokens"),
+        ({"model": {"reading": {"max_tokens": 100000}}}, "model.reading.max_tokens"),
+        ({"model": {"reading": {"layers": [0]}}}, "model.reading.layers"),
+        ({"model": {"reading": {"layers": []}}}, "model.reading.layers"),
         ({"model": {"dtype": "float16"}}, "model.dtype"),
-        ({"model": {"pooling": "max"}}, "model.pooling"),
+        ({"model": {"reading": {"pooling": "max"}}}, "model.reading.pooling"),
         ({"model": {"source": "s3"}}, "model.source"),
         ({"model": {"batch_size": 0}}, "model.batch_size"),
         ({"model": {"nope": 1}}, "model.nope"),
@@ -213,11 +216,12 @@ def test_invalid_values_name_the_field(overrides: dict[str, object], field: str)
 
 
 def test_window_overlap_must_be_below_max_tokens() -> None:
-    msg = _error(model={"max_tokens": 32, "window_overlap": 32})
+    msg = _error(model={"reading": {"max_tokens": 32, "window_overlap": 32}})
     assert "window_overlap" in msg and "max_tokens" in msg
     assert any(line.strip().startswith("model") for line in msg.splitlines()[1:])
     # One below is fine.
-    assert load_settings(model={"max_tokens": 32, "window_overlap": 31}).model.window_overlap == 31
+    ok = load_settings(model={"reading": {"max_tokens": 32, "window_overlap": 31}})
+    assert ok.model.reading.window_overlap == 31
 
 
 def test_local_source_needs_a_path() -> None:
@@ -244,8 +248,8 @@ def test_actions_must_cover_every_level() -> None:
 
 
 def test_every_error_is_listed() -> None:
-    msg = _error(model={"max_tokens": 3, "dtype": "int8"}, server={"port": -1})
-    for field in ("model.max_tokens", "model.dtype", "server.port"):
+    msg = _error(model={"reading": {"max_tokens": 3}, "dtype": "int8"}, server={"port": -1})
+    for field in ("model.reading.max_tokens", "model.dtype", "server.port"):
         assert field in msg
 
 
@@ -265,8 +269,8 @@ def test_unknown_key_in_yaml(tmp_path: Path) -> None:
 
 
 def test_invalid_value_in_yaml(tmp_path: Path) -> None:
-    with pytest.raises(ConfigurationError, match=r"model\.max_tokens"):
-        load_settings(write_yaml(tmp_path, "model:\n  max_tokens: 2\n"))
+    with pytest.raises(ConfigurationError, match=r"model\.reading\.max_tokens"):
+        load_settings(write_yaml(tmp_path, "model:\n  reading: {max_tokens: 2}\n"))
 
 
 def test_bad_yaml(tmp_path: Path) -> None:
@@ -296,7 +300,7 @@ def test_missing_file_from_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
 
 def test_configuration_error_hierarchy() -> None:
     with pytest.raises(ValueError):  # callers may catch it as a ValueError
-        load_settings(model={"max_tokens": 3})
+        load_settings(model={"reading": {"max_tokens": 3}})
     assert issubclass(ConfigurationError, FirewallError)
     assert ConfigurationError.code == "configuration_error"
 
@@ -306,7 +310,7 @@ def test_policy_settings_direct_validation() -> None:
     with pytest.raises(pydantic.ValidationError):
         PolicySettings(thresholds={"warning": 0.9, "critical": 0.1})
     with pytest.raises(pydantic.ValidationError):
-        ModelSettings(max_tokens=16, window_overlap=16)
+        ModelSettings(reading={"max_tokens": 16, "window_overlap": 16})
 
 
 # --------------------------------------------------------------------------------------------
@@ -314,24 +318,24 @@ def test_policy_settings_direct_validation() -> None:
 # --------------------------------------------------------------------------------------------
 def test_merged_validates_and_names_the_field() -> None:
     s = load_settings()
-    with pytest.raises(ConfigurationError, match=r"model\.layers"):
-        s.merged(model={"layers": (0, 5, 3)})
+    with pytest.raises(ConfigurationError, match=r"model\.reading\.layers"):
+        s.merged(model={"reading": {"layers": (0, 5, 3)}})
     with pytest.raises(ConfigurationError, match=r"pool\.workers"):
         s.merged(pool={"workers": 0})
     with pytest.raises(ConfigurationError, match=r"pool\.no_such_field"):
         s.merged(pool={"no_such_field": 1})
     with pytest.raises(ConfigurationError, match="layers"):
-        s.model.merged(layers=(0,))
+        s.model.merged(reading={"layers": (0,)})
 
 
 def test_merged_merges_nested_sections_field_by_field() -> None:
     from alknet_firewall.config import PoolSettings
 
     s = load_settings(None, pool={"queue_size": 7})
-    m = s.merged(pool={"workers": 2}, model={"layers": (8, 3, 3)})
+    m = s.merged(pool={"workers": 2}, model={"reading": {"layers": (8, 3, 3)}})
     assert isinstance(m.pool, PoolSettings)
     assert (m.pool.workers, m.pool.queue_size) == (2, 7)
-    assert m.model.layers == (3, 8)  # the validator ran: sorted, deduplicated
+    assert m.model.reading.layers == (3, 8)  # the validator ran: sorted, deduplicated
     assert s.pool.workers != 2 or s.pool.queue_size == 7  # the original is untouched
     assert s.merged() is s
     whole = s.merged(pool=PoolSettings(workers=3))  # a settings object replaces the section
@@ -372,13 +376,133 @@ def test_codebook_build_rejects_invalid_layers(
 def test_every_settings_field_is_described() -> None:
     from pydantic import BaseModel
 
-    missing = []
-    for section, info in Settings.model_fields.items():
-        if not info.description:
-            missing.append(section)
-        ann = info.annotation
-        if isinstance(ann, type) and issubclass(ann, BaseModel):
-            missing += [f"{section}.{n}" for n, f in ann.model_fields.items() if not f.description]
+    missing: list[str] = []
+
+    def walk(prefix: str, model: type[BaseModel]) -> None:
+        for name, info in model.model_fields.items():
+            if not info.description:
+                missing.append(f"{prefix}{name}")
+            ann = info.annotation
+            if isinstance(ann, type) and issubclass(ann, BaseModel):
+                walk(f"{prefix}{name}.", ann)
+
+    walk("", Settings)
     policy_fields = PolicySettings.model_fields.items()
     missing += [f"policies.{n}" for n, f in policy_fields if not f.description]
     assert not missing, f"fields without Field(description=...): {missing}"
+
+
+# --------------------------------------------------------------------------------------------
+# Grouped model settings; the flat names of 0.1 still work, with a DeprecationWarning
+# --------------------------------------------------------------------------------------------
+def test_reading_settings_are_the_codebooks_reading_keys() -> None:
+    from alknet_firewall.config import ReadingSettings
+    from alknet_firewall.model.base import READING_KEYS
+
+    assert set(ReadingSettings.model_fields) == {"layers", *READING_KEYS}
+
+
+def test_env_nested_groups(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ALKNET_FIREWALL_MODEL__ONNX__PATH", "/models/x")
+    monkeypatch.setenv("ALKNET_FIREWALL_MODEL__ONNX__THREADS", "3")
+    monkeypatch.setenv("ALKNET_FIREWALL_MODEL__REMOTE__URL", "http://10.0.0.5:8090")
+    m = load_settings().model
+    assert (m.onnx.path, m.onnx.threads) == (Path("/models/x"), 3)
+    assert m.remote.url == "http://10.0.0.5:8090"
+
+
+LEGACY = {
+    "layers": [4, 8],
+    "sub_window": 32,
+    "onnx_path": "/models/x",
+    "onnx_threads": 3,
+    "onnx_precision": "int8",
+    "backend_url": "http://10.0.0.5:8090",
+    "backend_timeout_s": 5.0,
+    "backend_key": "k",
+}
+
+
+def _check_legacy(m: ModelSettings) -> None:
+    assert m.reading.layers == (4, 8) and m.reading.sub_window == 32
+    assert (m.onnx.path, m.onnx.threads, m.onnx.precision) == (Path("/models/x"), 3, "int8")
+    assert (m.remote.url, m.remote.timeout_s, m.remote.key) == ("http://10.0.0.5:8090", 5.0, "k")
+    assert m.reading.pooling == "mean" and m.remote.retries == 2  # the rest: defaults
+
+
+def test_legacy_flat_keys_from_a_dict() -> None:
+    with pytest.warns(DeprecationWarning) as record:
+        _check_legacy(load_settings(model=LEGACY).model)
+    assert "model.onnx_path is deprecated; use model.onnx.path" in str(record[2].message)
+    with pytest.warns(DeprecationWarning) as record:
+        _check_legacy(ModelSettings(**LEGACY))
+    assert "use model.reading.layers" in str(record[0].message)
+
+
+def test_legacy_flat_keys_from_yaml(tmp_path: Path) -> None:
+    import yaml
+
+    path = write_yaml(tmp_path, yaml.safe_dump({"model": LEGACY}))
+    with pytest.warns(DeprecationWarning) as record:
+        _check_legacy(load_settings(path).model)
+    assert any(
+        "model.backend_url is deprecated; use model.remote.url" in str(w.message) for w in record
+    )
+
+
+def test_legacy_flat_keys_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for key, value in LEGACY.items():
+        text = "[4,8]" if key == "layers" else str(value)
+        monkeypatch.setenv(f"ALKNET_FIREWALL_MODEL__{key.upper()}", text)
+    with pytest.warns(DeprecationWarning) as record:
+        _check_legacy(load_settings().model)
+    assert len(record) == len(LEGACY)
+    assert any("ALKNET_FIREWALL_MODEL__ONNX__PATH" in str(w.message) for w in record)
+
+
+def test_legacy_and_new_name_must_agree() -> None:
+    with pytest.warns(DeprecationWarning):
+        same = load_settings(model={"onnx_threads": 2, "onnx": {"threads": 2}})
+    assert same.model.onnx.threads == 2
+    with pytest.warns(DeprecationWarning), pytest.raises(ConfigurationError) as info:
+        load_settings(model={"onnx_threads": 2, "onnx": {"threads": 4}})
+    assert "model.onnx_threads" in str(info.value) and "model.onnx.threads" in str(info.value)
+    with pytest.warns(DeprecationWarning), pytest.raises(ConfigurationError, match="disagree"):
+        ModelSettings().merged(onnx_threads=2, onnx={"threads": 4})
+
+
+def test_legacy_names_in_merged_and_attribute_reads() -> None:
+    s = load_settings(model={"reading": {"max_tokens": 64}})
+    with pytest.warns(DeprecationWarning, match=r"model\.reading\.layers"):
+        m = s.merged(model={"layers": (8, 3)})
+    assert m.model.reading.layers == (3, 8) and m.model.reading.max_tokens == 64
+    with pytest.warns(DeprecationWarning):
+        assert s.model.merged(backend_url="http://h:1").remote.url == "http://h:1"
+    with pytest.warns(DeprecationWarning, match=r"\.onnx\.precision"):
+        assert s.model.onnx_precision == "float32"
+    with pytest.raises(AttributeError):
+        _ = s.model.no_such_field
+
+
+def test_merged_merges_groups_field_by_field() -> None:
+    m = ModelSettings(remote={"url": "http://h:1", "retries": 5})
+    changed = m.merged(remote={"timeout_s": 3.0}, reading={"sub_window": 32})
+    assert (changed.remote.url, changed.remote.retries, changed.remote.timeout_s) == (
+        "http://h:1",
+        5,
+        3.0,
+    )
+    assert changed.reading.sub_window == 32 and changed.reading.layers == m.reading.layers
+
+
+def test_remote_backend_needs_a_url() -> None:
+    assert "remote.url" in _error(model={"backend": "remote"})
+
+
+def test_pool_and_model_server_share_their_worker_fields() -> None:
+    from alknet_firewall.config import ModelServerSettings, PoolSettings
+
+    shared = ("workers", "threads_per_worker", "burst_threads", "max_wait_ms", "queue_size")
+    for name in (*shared, "timeout_s"):
+        assert name in PoolSettings.model_fields and name in ModelServerSettings.model_fields
+    assert PoolSettings().max_wait_ms == 2.0 and ModelServerSettings().max_wait_ms == 0.0

@@ -177,7 +177,10 @@ def test_local_source(embedded_dir: Path, embedded_location, layer2_model) -> No
 
     m = load_model(
         ModelSettings(
-            source="local", local_path=embedded_dir, layers=(2,), dtype="float32", pool_suffix=False
+            source="local",
+            local_path=embedded_dir,
+            dtype="float32",
+            reading={"layers": (2,), "pool_suffix": False},
         )
     )
     assert m.revision == "local"

@@ -98,7 +98,9 @@ def test_deepest_layer_matches_output_hidden_states(
     """
     from alknet_firewall.model import load_model
 
-    m = load_model(ModelSettings(layers=(29, 30), dtype="float32", pool_suffix=False))
+    m = load_model(
+        ModelSettings(dtype="float32", reading={"layers": (29, 30), "pool_suffix": False})
+    )
     assert len(m._model.layers) == 30
     text = texts[2]
     content = m.tokenize([text])[0]
@@ -114,7 +116,7 @@ def test_layer_beyond_depth_is_a_configuration_error(embedded_location) -> None:
     from alknet_firewall.model import load_model
 
     with pytest.raises(ConfigurationError, match=r"31.*30 layers"):
-        load_model(ModelSettings(layers=(4, 31), dtype="float32"))
+        load_model(ModelSettings(dtype="float32", reading={"layers": (4, 31)}))
 
 
 # --------------------------------------------------------------------------------------------
@@ -421,7 +423,9 @@ def test_prepare_embedded_from_scratch(
         assert (weights.stat().st_mtime_ns, marker.stat().st_mtime_ns) == stamps
 
         fresh = load_model(
-            ModelSettings(layers=(4,), dtype="float32", batch_size=2, pool_suffix=False)
+            ModelSettings(
+                dtype="float32", batch_size=2, reading={"layers": (4,), "pool_suffix": False}
+            )
         )
         assert fresh.describe()["path"] == str(loc.path)
         assert fresh.describe()["cache_dir"] == str(cache)
@@ -450,8 +454,8 @@ def test_load_model_dispatches_on_the_backend(monkeypatch: pytest.MonkeyPatch) -
     fake.FakeBackend = Backend  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "alknet_firewall.model.fake_backend", fake)
     monkeypatch.setitem(model_pkg._BACKENDS, "onnx", ("fake_backend", "FakeBackend"))
-    loaded = model_pkg.load_model(ModelSettings(backend="onnx", max_tokens=64))
-    assert isinstance(loaded, Backend) and loaded.settings.max_tokens == 64
+    loaded = model_pkg.load_model(ModelSettings(backend="onnx", reading={"max_tokens": 64}))
+    assert isinstance(loaded, Backend) and loaded.settings.reading.max_tokens == 64
 
 
 def test_hub_offline_honours_both_variables(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -25,11 +25,13 @@ LONG = "The committee met on Tuesday to review the budget for next year. " * 30
 
 # -- fast: locating an export -----------------------------------------------------------------
 def test_a_missing_export_says_how_to_build_it(tmp_path: Path) -> None:
-    ms = ModelSettings(layers=(8,), cache_dir=tmp_path, source="local", local_path=tmp_path)
+    ms = ModelSettings(
+        cache_dir=tmp_path, source="local", local_path=tmp_path, reading={"layers": (8,)}
+    )
     with pytest.raises(ModelNotFoundError, match="model prepare --format onnx"):
         onnx_backend.find_onnx_dir(ms)
     with pytest.raises(ModelNotFoundError, match="--quantize int8"):
-        onnx_backend.find_onnx_dir(ms.merged(onnx_precision="int8"))
+        onnx_backend.find_onnx_dir(ms.merged(onnx={"precision": "int8"}))
 
 
 def _fake_export(root: Path, name: str, layers: list[int], precision: str = "float32") -> Path:
@@ -44,11 +46,13 @@ def test_the_cache_export_for_the_layers_and_precision_is_found(tmp_path: Path) 
     want = _fake_export(tmp_path, "m", [8])
     _fake_export(tmp_path, "m", [8], "int8")
     _fake_export(tmp_path, "m", [4, 8])
-    ms = ModelSettings(layers=(8,), cache_dir=tmp_path, source="local", local_path=tmp_path)
+    ms = ModelSettings(
+        cache_dir=tmp_path, source="local", local_path=tmp_path, reading={"layers": (8,)}
+    )
     assert onnx_backend.find_onnx_dir(ms) == want
-    assert onnx_backend.find_onnx_dir(ms.merged(onnx_path=want)) == want
+    assert onnx_backend.find_onnx_dir(ms.merged(onnx={"path": want})) == want
     _fake_export(tmp_path, "other", [8])
-    with pytest.raises(ConfigurationError, match="onnx_path"):
+    with pytest.raises(ConfigurationError, match=r"onnx\.path"):
         onnx_backend.find_onnx_dir(ms)
 
 
@@ -93,14 +97,14 @@ def test_numpy_and_torch_pool_a_plan_alike(pooling: str) -> None:
 # -- slow: the real export --------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def onnx_dir(embedded_location: Any) -> Path:
-    return onnx_backend.export_onnx(ModelSettings(layers=(8,)), "float32")
+    return onnx_backend.export_onnx(ModelSettings(reading={"layers": (8,)}), "float32")
 
 
 @pytest.fixture(scope="module")
 def torch_fp32(embedded_location: Any) -> Any:
     from alknet_firewall.model import load_model
 
-    return load_model(ModelSettings(layers=(8,), dtype="float32", batch_size=2))
+    return load_model(ModelSettings(dtype="float32", batch_size=2, reading={"layers": (8,)}))
 
 
 @pytest.mark.slow
@@ -110,7 +114,7 @@ def test_export_is_cached_and_identified(onnx_dir: Path, torch_fp32: Any) -> Non
     assert meta["layers"] == [8] and meta["precision"] == "float32"
     assert meta["prefix"] == torch_fp32._prefix and meta["suffix"] == torch_fp32._suffix
     # A second prepare finds the export and returns at once.
-    assert onnx_backend.export_onnx(ModelSettings(layers=(8,)), "float32") == onnx_dir
+    assert onnx_backend.export_onnx(ModelSettings(reading={"layers": (8,)}), "float32") == onnx_dir
 
 
 @pytest.mark.slow
@@ -118,7 +122,7 @@ def test_onnx_features_match_torch_float32(
     onnx_dir: Path, torch_fp32: Any, texts: list[str]
 ) -> None:
     model = onnx_backend.OnnxActivationModel(
-        ModelSettings(layers=(8,), batch_size=2, onnx_threads=1)
+        ModelSettings(batch_size=2, reading={"layers": (8,)}, onnx={"threads": 1})
     )
     batch = [*texts, LONG]
     assert model.tokenize(batch) == torch_fp32.tokenize(batch)
@@ -136,7 +140,9 @@ def test_onnx_features_match_torch_float32(
 @pytest.mark.slow
 def test_onnx_refuses_layers_it_does_not_hold(onnx_dir: Path) -> None:
     with pytest.raises(ConfigurationError, match="layers"):
-        onnx_backend.OnnxActivationModel(ModelSettings(layers=(4, 8), onnx_path=onnx_dir))
+        onnx_backend.OnnxActivationModel(
+            ModelSettings(reading={"layers": (4, 8)}, onnx={"path": onnx_dir})
+        )
 
 
 @pytest.mark.slow
@@ -170,7 +176,7 @@ def test_model_prepare_format_onnx_prints_the_export(onnx_dir: Path, run_cli: An
     assert Path(out["path"]) == onnx_dir and out["precision"] == "float32"
     # The settings to copy name the export directory too (a screening replica needs it).
     assert out["use"] == {
-        "model": {"backend": "onnx", "onnx_path": str(onnx_dir), "onnx_precision": "float32"}
+        "model": {"backend": "onnx", "onnx": {"path": str(onnx_dir), "precision": "float32"}}
     }
 
 

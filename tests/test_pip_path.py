@@ -379,8 +379,7 @@ def test_onnx_export_in_the_torch_venv(flow: Flow) -> None:
     flow.onnx_dir = Path(info["path"])
     assert info["use"]["model"] == {
         "backend": "onnx",
-        "onnx_path": str(flow.onnx_dir),
-        "onnx_precision": "float32",
+        "onnx": {"path": str(flow.onnx_dir), "precision": "float32"},
     }
 
 
@@ -400,7 +399,7 @@ def test_torch_free_screening_replica(flow: Flow) -> None:
     config = flow.root / "onnx.yaml"
     flow.ok(flow.venv_b, "alknet-firewall", "config", "example", "onnx", "-o", str(config))
     cfg = yaml.safe_load(config.read_text())
-    cfg["model"]["onnx_path"] = str(flow.onnx_dir)
+    cfg["model"]["onnx"]["path"] = str(flow.onnx_dir)
     config.write_text(yaml.safe_dump(cfg))
     empty = flow.root / "cache-onnx"  # the replica's own cache: only the export is shared
     empty.mkdir()

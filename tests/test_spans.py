@@ -17,12 +17,14 @@ pytestmark = pytest.mark.slow
 def test_span_rows_are_means_over_their_tokens(embedded_location: object) -> None:
     m = load_model(
         ModelSettings(
-            layers=(4,),
             dtype="float32",
-            max_tokens=64,
-            window_overlap=8,
-            pool_suffix=False,
-            sub_window=32,
+            reading={
+                "layers": (4,),
+                "max_tokens": 64,
+                "window_overlap": 8,
+                "pool_suffix": False,
+                "sub_window": 32,
+            },
         )
     )
     text = " ".join(f"word{i}" for i in range(60))
@@ -60,12 +62,14 @@ def test_span_rows_are_means_over_their_tokens(embedded_location: object) -> Non
     assert np.allclose(
         short.features[4][short.is_sub][0], hs_short[4, p : p + k].mean(0).numpy(), atol=1e-4
     )
-    off = load_model(ModelSettings(layers=(4,), dtype="float32", max_tokens=64))  # default: 0
+    off = load_model(
+        ModelSettings(dtype="float32", reading={"layers": (4,), "max_tokens": 64})
+    )  # default: 0
     assert not off.encode_windows([text]).is_sub.any()
 
 
 def test_suffix_pooling_covers_the_end_of_turn_tokens(embedded_location: object) -> None:
-    m = load_model(ModelSettings(layers=(4,), dtype="float32", pool_suffix=True))
+    m = load_model(ModelSettings(dtype="float32", reading={"layers": (4,), "pool_suffix": True}))
     assert m._suffix, "SmolLM2's template has end-of-turn tokens"
     for text in ("hi", "Please summarise the attached report in three bullet points."):
         n = m.count_tokens([text])[0]

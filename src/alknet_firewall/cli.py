@@ -106,19 +106,19 @@ def _prepare_onnx(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     codebook = load_codebook(args.codebook or settings.detection.codebook)
-    ms = settings.model.merged(**codebook.reading())
+    ms = settings.model.merged(reading=codebook.reading())
     precision = "int8" if args.quantize == "int8" else "float32"
-    _say(f"exporting layers {list(ms.layers)} to ONNX ({precision}, once: ~1 min)")
+    _say(f"exporting layers {list(ms.reading.layers)} to ONNX ({precision}, once: ~1 min)")
     path = export_onnx(ms, precision)
     _print_json(
         {
             "format": "onnx",
             "precision": precision,
             "path": str(path),
-            "layers": list(ms.layers),
+            "layers": list(ms.reading.layers),
             "codebook": codebook.id,
             "use": {
-                "model": {"backend": "onnx", "onnx_path": str(path), "onnx_precision": precision}
+                "model": {"backend": "onnx", "onnx": {"path": str(path), "precision": precision}}
             },
         }
     )
@@ -275,12 +275,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_codebook_build(args: argparse.Namespace) -> int:
     settings = _settings(args)
-    ms = settings.model.merged(
-        dtype=args.dtype,
-        sub_window=args.span,
-        sub_window_stride=args.span_stride,
-        **({"layers": tuple(int(x) for x in args.layers.split(","))} if args.layers else {}),
-    )
+    reading: dict[str, Any] = {"sub_window": args.span, "sub_window_stride": args.span_stride}
+    if args.layers:
+        reading["layers"] = tuple(int(x) for x in args.layers.split(","))
+    ms = settings.model.merged(dtype=args.dtype, reading=reading)
     texts = training_set(read_corpus(*args.corpus), seed=args.seed)
     model = load_model(ms)
     feats = cached_extract(
@@ -340,7 +338,7 @@ def cmd_codebook_calibrate(args: argparse.Namespace) -> int:
                 texts.extend(t for _, t in extract_texts(data, ("user", "tool", "function"))[0])
     settings = _settings(args)
     cb = load_codebook(args.codebook or settings.detection.codebook)
-    model = load_model(settings.model.merged(**cb.reading()))
+    model = load_model(settings.model.merged(reading=cb.reading()))
     cb.check_model(model.describe())
     feats = extract(model, texts)
     target = dict(cb.metadata.get("target_fpr", {}))

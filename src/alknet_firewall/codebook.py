@@ -163,9 +163,10 @@ class Codebook:
         return tuple(names) if names is not None else self.signals
 
     def reading(self) -> dict[str, Any]:
-        """Model settings that make a model read text the way this codebook was fitted: its
-        layers and the reading keys it records (pooling, windows, spans ...). Every place that
-        builds a model for a codebook merges these over the user's model settings."""
+        """``model.reading`` settings that make a model read text the way this codebook was
+        fitted: its layers and the reading keys it records (pooling, windows, spans ...). Every
+        place that builds a model for a codebook merges them over the user's:
+        ``settings.model.merged(reading=codebook.reading())``."""
         meta = self.metadata.get("model", {})
         return {"layers": tuple(self.layers), **{k: meta[k] for k in READING_KEYS if k in meta}}
 

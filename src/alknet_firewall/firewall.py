@@ -177,7 +177,7 @@ class Firewall:
     def _model_settings(self) -> ModelSettings:
         """Model settings with the codebook's layers, pooling and windowing."""
         # Each pool worker runs its own torch threads; the model itself sets none.
-        return self.settings.model.merged(**self.codebook.reading(), threads=None)
+        return self.settings.model.merged(reading=self.codebook.reading(), threads=None)
 
     # -- lifecycle -----------------------------------------------------------------------------
     def _worker_init(self) -> None:

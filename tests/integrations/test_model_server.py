@@ -100,13 +100,12 @@ def test_messages_and_texts_requests(server: ModelServerProcess) -> None:
 
 
 def test_mismatched_identity_is_refused(server: ModelServerProcess) -> None:
-    from alknet_firewall.config import ModelSettings
     from alknet_firewall.model.remote import RemoteActivationModel
 
     base = screening_settings(server.url).model
     with pytest.raises(CodebookMismatchError, match="weights_digest"):
-        _remote(server.url, model={"backend_weights_digest": "sha256:" + "0" * 64})
-    other = ModelSettings.model_validate({**base.model_dump(), "max_tokens": 64})
+        _remote(server.url, model={"remote": {"weights_digest": "sha256:" + "0" * 64}})
+    other = base.merged(reading={"max_tokens": 64})
     with pytest.raises(CodebookMismatchError, match="max_tokens"):
         RemoteActivationModel(other)
     # A request that names other weights is refused by the server itself (409).
@@ -151,7 +150,7 @@ def test_overload_reaches_the_gateway_as_429(server: ModelServerProcess) -> None
     with ServerThread(_upstream()) as upstream:
         fw = _remote(
             server.url,
-            model={"backend_timeout_s": 60},
+            model={"remote": {"timeout_s": 60}},
             pool={"workers": 8, "queue_size": 256, "max_batch_size": 1, "timeout_s": 60},
             server={"upstream": upstream.url + "/v1"},
         )
@@ -197,7 +196,7 @@ def test_overload_reaches_the_gateway_as_429(server: ModelServerProcess) -> None
 def test_server_killed_mid_request_then_recovers(server: ModelServerProcess) -> None:
     # ~18,000 tokens (~160 windows): seconds of forward passes, still running at the kill.
     long_text = "An ordinary paragraph about the history of tea in England. " * 1500
-    fw = _remote(server.url, model={"backend_timeout_s": 60})
+    fw = _remote(server.url, model={"remote": {"timeout_s": 60}})
     try:
         result: dict[str, Any] = {}
 

@@ -100,7 +100,7 @@ def test_killed_replica_recovers_or_fails_per_fail_mode(deployment: str) -> None
     assert names, ray.util.list_named_actors(all_namespaces=True)
     ray.kill(ray.get_actor(names[0], namespace="serve"), no_restart=True)
     outcomes = []
-    with Firewall(screening_settings(deployment, model={"backend_timeout_s": 30})) as fw:
+    with Firewall(screening_settings(deployment, model={"remote": {"timeout_s": 30}})) as fw:
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
             try:

@@ -19,5 +19,5 @@ def check_screening(settings: Settings) -> Codebook:
     """Raise the :class:`~alknet_firewall.errors.FirewallError` a first request would meet
     (model package, backend, codebook), with what to do; return the loaded codebook."""
     codebook = load_codebook(settings.detection.codebook)
-    check_available(settings.model.merged(**codebook.reading()))
+    check_available(settings.model.merged(reading=codebook.reading()))
     return codebook

@@ -155,7 +155,9 @@ class WindowedModel:
         """Span rows inside a window of ``n`` content tokens (mean pooling only)."""
         if self.pooling != "mean":
             return []
-        return window_spans(n, self.settings.sub_window, self.settings.sub_window_stride)
+        return window_spans(
+            n, self.settings.reading.sub_window, self.settings.reading.sub_window_stride
+        )
 
 
 class PoolingModel(WindowedModel):
@@ -177,7 +179,7 @@ class PoolingModel(WindowedModel):
 
     def encode_token_windows(self, wins: list[Window], n_texts: int) -> WindowFeatures:
         # Rows: one per window, then its spans; and the head and tail of every long text.
-        edge = self.settings.edge_window if self.pooling == "mean" else 0
+        edge = self.settings.reading.edge_window if self.pooling == "mean" else 0
         rows = plan_rows(wins, self.spans, edge)
         feats = {
             layer: np.zeros((len(rows.text_index), self.feature_size), dtype=np.float32)
@@ -188,9 +190,15 @@ class PoolingModel(WindowedModel):
         bs = min(self.settings.batch_size, self._max_batch or self.settings.batch_size)
         for b in range(0, len(order), bs):
             plan = plan_pooling(
-                rows, wins, order[b : b + bs], prefix=self._prefix, suffix=self._suffix,
-                pad_id=self._pad_id, pooling=self.pooling, pool_suffix=self.settings.pool_suffix,
-            )  # fmt: skip
+                rows,
+                wins,
+                order[b : b + bs],
+                prefix=self._prefix,
+                suffix=self._suffix,
+                pad_id=self._pad_id,
+                pooling=self.pooling,
+                pool_suffix=self.settings.reading.pool_suffix,
+            )
             for layer, pooled in zip(self.layers, self._pool(plan), strict=True):
                 feats[layer][plan.rows] = pooled
         return rows.features(feats, n_texts)

@@ -85,17 +85,21 @@ def _layers_tag(layers: Sequence[int]) -> str:
 
 def default_onnx_dir(settings: ModelSettings, model_dir_name: str, precision: str) -> Path:
     root = settings.cache_dir or constants.cache_dir()
-    return Path(root) / "onnx" / f"{model_dir_name}-L{_layers_tag(settings.layers)}-{precision}"
+    return (
+        Path(root)
+        / "onnx"
+        / f"{model_dir_name}-L{_layers_tag(settings.reading.layers)}-{precision}"
+    )
 
 
 def find_onnx_dir(settings: ModelSettings) -> Path:
-    """The export directory for these settings: ``model.onnx_path`` if set, else the cache's."""
-    precision = settings.onnx_precision
-    if settings.onnx_path is not None:
-        path = Path(settings.onnx_path).expanduser()
+    """The export directory for these settings: ``model.onnx.path`` if set, else the cache's."""
+    precision = settings.onnx.precision
+    if settings.onnx.path is not None:
+        path = Path(settings.onnx.path).expanduser()
     else:
         root = Path(settings.cache_dir or constants.cache_dir()) / "onnx"
-        want = f"-L{_layers_tag(settings.layers)}-{precision}"
+        want = f"-L{_layers_tag(settings.reading.layers)}-{precision}"
         found = sorted(root.glob(f"*{want}")) if root.is_dir() else []
         found = [p for p in found if (p / META_FILE).is_file()]
         if settings.source == "embedded":
@@ -106,17 +110,19 @@ def find_onnx_dir(settings: ModelSettings) -> Path:
                 found = [p for p in found if p.name == f"{name}{want}"] or found
         if len(found) > 1:
             raise ConfigurationError(
-                f"several ONNX exports match layers {list(settings.layers)} ({precision}) in "
-                f"{root}: {[p.name for p in found]}; set model.onnx_path to the one to use"
+                f"several ONNX exports match layers {list(settings.reading.layers)} "
+                f"({precision}) in {root}: {[p.name for p in found]}; set model.onnx.path to "
+                "the one to use"
             )
         if not found:
             raise ModelNotFoundError(
-                f"no ONNX export of layers {list(settings.layers)} ({precision}) in {root}. Build "
+                f"no ONNX export of layers {list(settings.reading.layers)} ({precision}) in "
+                f"{root}. Build "
                 "it once with `alknet-firewall model prepare --format onnx"
                 + (" --quantize int8" if precision == "int8" else "")
                 + "` where torch is installed (python -m pip install "
                 "'alknet-firewall[torch,onnx-export]' torch==2.13.0), or copy an export and set "
-                "model.onnx_path."
+                "model.onnx.path."
             )
         path = found[0]
     if not (path / META_FILE).is_file() or not (path / MODEL_FILE).is_file():
@@ -146,8 +152,8 @@ def export_onnx(settings: ModelSettings, precision: str = "float32") -> Path:
 
     location = resolve(settings)
     target = (
-        Path(settings.onnx_path).expanduser()
-        if settings.onnx_path is not None
+        Path(settings.onnx.path).expanduser()
+        if settings.onnx.path is not None
         else default_onnx_dir(settings, location.path.name, precision)
     )
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -206,8 +212,8 @@ def export_onnx(settings: ModelSettings, precision: str = "float32") -> Path:
                 "prefix": list(model._prefix),
                 "suffix": list(model._suffix),
                 "pad_id": model._pad_id,
-                "chat_template": settings.chat_template,
-                "system_prompt": settings.system_prompt,
+                "chat_template": settings.reading.chat_template,
+                "system_prompt": settings.reading.system_prompt,
                 "model_path": info["path"],
             }
             (tmp / META_FILE).write_text(json.dumps(meta, indent=2))
@@ -254,9 +260,9 @@ def _same_export(
         and meta.get("precision") == precision
         and meta.get("int8_float_modules", [])
         == (list(INT8_KEEP_FLOAT) if precision == "int8" else [])
-        and meta.get("layers") == list(settings.layers)
-        and meta.get("chat_template") == settings.chat_template
-        and meta.get("system_prompt") == settings.system_prompt
+        and meta.get("layers") == list(settings.reading.layers)
+        and meta.get("chat_template") == settings.reading.chat_template
+        and meta.get("system_prompt") == settings.reading.system_prompt
     )
 
 
@@ -324,7 +330,7 @@ class OnnxActivationModel(PoolingModel):
     """:class:`~alknet_firewall.model.base.ActivationModel` on ONNX Runtime, without torch.
 
     One session serves every pool worker (concurrent ``run`` calls are safe in ONNX Runtime);
-    its intra-op pool has ``model.onnx_threads`` threads (default: every usable core), so a lone
+    its intra-op pool has ``model.onnx.threads`` threads (default: every usable core), so a lone
     request uses all cores and concurrent requests share them. A second session per thread
     count would double the weights in memory, which is what the backend is for avoiding.
     """
@@ -347,29 +353,30 @@ class OnnxActivationModel(PoolingModel):
                 f"{self.path} was exported in format {meta.get('format')}, this version reads "
                 f"{EXPORT_FORMAT}; re-run `alknet-firewall model prepare --format onnx`"
             )
-        missing = [k for k in settings.layers if k not in meta["layers"]]
+        missing = [k for k in settings.reading.layers if k not in meta["layers"]]
         if missing:
             raise ConfigurationError(
                 f"the ONNX export in {self.path} holds layers {meta['layers']}, not {missing}; "
                 "export the codebook's layers with `alknet-firewall model prepare --format onnx`"
             )
         for key in ("chat_template", "system_prompt"):
-            if meta.get(key) != getattr(settings, key):
+            if meta.get(key) != getattr(settings.reading, key):
                 raise ConfigurationError(
                     f"the ONNX export in {self.path} was made with {key}={meta.get(key)!r}, the "
-                    f"settings ask for {getattr(settings, key)!r}; re-export with these settings"
+                    f"settings ask for {getattr(settings.reading, key)!r}; re-export with these "
+                    "settings"
                 )
         self.meta = meta
         self.name = str(meta["name"])
         self.revision = str(meta["revision"])
         self.weights_digest = str(meta["weights_digest"])
-        self.layers = tuple(settings.layers)
-        self.pooling = settings.pooling
+        self.layers = tuple(settings.reading.layers)
+        self.pooling = settings.reading.pooling
         self.hidden_size = int(meta["hidden_size"])
         self.feature_size = self.hidden_size * (2 if self.pooling == "both" else 1)
         self.total_layers = int(meta["total_layers"])
-        self.max_tokens = settings.max_tokens
-        self.window_overlap = settings.window_overlap
+        self.max_tokens = settings.reading.max_tokens
+        self.window_overlap = settings.reading.window_overlap
         self.precision = str(meta["precision"])
         self.dtype = self.precision
         self._prefix = [int(x) for x in meta["prefix"]]
@@ -379,7 +386,7 @@ class OnnxActivationModel(PoolingModel):
         self.tokenizer = Tokenizer.from_file(str(self.path / TOKENIZER_FILE))
         self.tokenizer.no_padding()
         self.tokenizer.no_truncation()
-        self.threads = settings.onnx_threads or usable_cores()
+        self.threads = settings.onnx.threads or usable_cores()
         so = ort.SessionOptions()
         so.intra_op_num_threads = self.threads
         so.inter_op_num_threads = 1
@@ -447,14 +454,14 @@ class OnnxActivationModel(PoolingModel):
             "hidden_size": self.hidden_size,
             "feature_size": self.feature_size,
             "pooling": self.pooling,
-            "chat_template": s.chat_template,
-            "pool_suffix": s.pool_suffix,
-            "system_prompt": s.system_prompt,
-            "max_tokens": s.max_tokens,
-            "window_overlap": s.window_overlap,
-            "sub_window": s.sub_window if self.pooling == "mean" else 0,
-            "sub_window_stride": s.sub_window_stride,
-            "edge_window": s.edge_window if self.pooling == "mean" else 0,
+            "chat_template": s.reading.chat_template,
+            "pool_suffix": s.reading.pool_suffix,
+            "system_prompt": s.reading.system_prompt,
+            "max_tokens": s.reading.max_tokens,
+            "window_overlap": s.reading.window_overlap,
+            "sub_window": s.reading.sub_window if self.pooling == "mean" else 0,
+            "sub_window_stride": s.reading.sub_window_stride,
+            "edge_window": s.reading.edge_window if self.pooling == "mean" else 0,
             "dtype": self.dtype,
             "dtype_reason": "onnx export precision",
             "device": "cpu",

@@ -47,25 +47,25 @@ class RemoteActivationModel(WindowedModel):
 
     def __init__(self, settings: ModelSettings | Settings) -> None:
         ms = settings.model if isinstance(settings, Settings) else settings
-        if not ms.backend_url:
+        if not ms.remote.url:
             raise ConfigurationError(
-                "model.backend 'remote' needs model.backend_url (the model server's base URL, "
+                "model.backend 'remote' needs model.remote.url (the model server's base URL, "
                 "e.g. http://127.0.0.1:8090)"
             )
         require("httpx", "server")
         import httpx
 
         self.settings = ms
-        self.url = ms.backend_url.rstrip("/")
-        self._timeout = httpx.Timeout(ms.backend_timeout_s, connect=ms.backend_connect_timeout_s)
+        self.url = ms.remote.url.rstrip("/")
+        self._timeout = httpx.Timeout(ms.remote.timeout_s, connect=ms.remote.connect_timeout_s)
         self._client = httpx.Client(
             base_url=self.url,
             timeout=self._timeout,
             limits=httpx.Limits(
-                max_connections=ms.backend_connections,
-                max_keepalive_connections=ms.backend_connections,
+                max_connections=ms.remote.connections,
+                max_keepalive_connections=ms.remote.connections,
             ),
-            headers=_headers(ms.backend_key),
+            headers=_headers(ms.remote.key),
         )
         self._lock = threading.Lock()
         self.requests = 0
@@ -95,12 +95,12 @@ class RemoteActivationModel(WindowedModel):
     def _check(self, info: dict[str, Any]) -> None:
         ident = info["identity"]
         ms = self.settings
-        want = {k: getattr(ms, k) for k in (*_MATCH_KEYS, "max_tokens", "window_overlap")}
-        want["layers"] = list(ms.layers)
-        if ms.pooling != "mean":  # spans and edges only exist with mean pooling
+        want = {k: getattr(ms.reading, k) for k in (*_MATCH_KEYS, "max_tokens", "window_overlap")}
+        want["layers"] = list(ms.reading.layers)
+        if ms.reading.pooling != "mean":  # spans and edges only exist with mean pooling
             want["sub_window"] = want["edge_window"] = 0
-        if ms.backend_weights_digest:
-            want["weights_digest"] = ms.backend_weights_digest
+        if ms.remote.weights_digest:
+            want["weights_digest"] = ms.remote.weights_digest
         problems = wire.identity_problems(want, ident, (*want.keys(),))
         if problems:
             raise CodebookMismatchError(
@@ -108,14 +108,14 @@ class RemoteActivationModel(WindowedModel):
                 f"({ident.get('weights_digest')}) read differently than this codebook needs: "
                 + "; ".join(problems)
                 + ". Start the server with the codebook's model settings "
-                "(`alknet-firewall model serve --codebook ...`) or point model.backend_url at "
+                "(`alknet-firewall model serve --codebook ...`) or point model.remote.url at "
                 "one that has them."
             )
         self.identity = ident
         self.name = str(ident["name"])
         self.revision = str(ident["revision"])
         self.weights_digest = str(ident["weights_digest"])
-        self.layers = tuple(ms.layers)
+        self.layers = tuple(ms.reading.layers)
         self.hidden_size = int(ident["hidden_size"])
         self.feature_size = int(ident["feature_size"])
         self.pooling = str(ident["pooling"])
@@ -147,8 +147,8 @@ class RemoteActivationModel(WindowedModel):
         import httpx
 
         ms = self.settings
-        attempts = ms.backend_retries + 1
-        delay = ms.backend_backoff_s
+        attempts = ms.remote.retries + 1
+        delay = ms.remote.backoff_s
         last: BaseException | None = None
         for attempt in range(attempts):
             if attempt:
@@ -166,7 +166,7 @@ class RemoteActivationModel(WindowedModel):
             except httpx.TimeoutException as exc:
                 raise ScreenTimeoutError(
                     f"the model server at {self.url} did not answer within "
-                    f"{ms.backend_timeout_s:.1f}s ({type(exc).__name__})"
+                    f"{ms.remote.timeout_s:.1f}s ({type(exc).__name__})"
                 ) from None
             except (httpx.TransportError, OSError) as exc:
                 last = exc
@@ -190,9 +190,9 @@ class RemoteActivationModel(WindowedModel):
         status = resp.status_code
         if status == 401:
             raise ConfigurationError(
-                f"the model server at {self.url} wants a key (401): set model.backend_key "
-                "(or ALKNET_FIREWALL_MODEL__BACKEND_KEY) to one of its model_server.keys"
-                + (" - the key set now is not one of them" if self.settings.backend_key else "")
+                f"the model server at {self.url} wants a key (401): set model.remote.key "
+                "(or ALKNET_FIREWALL_MODEL__REMOTE__KEY) to one of its model_server.keys"
+                + (" - the key set now is not one of them" if self.settings.remote.key else "")
             )
         if status in (429, 503):
             retry_after = _retry_after(resp.headers.get("retry-after"))

@@ -47,10 +47,10 @@ class TransformersActivationModel(PoolingModel):
         self.name = location.name
         self.revision = location.revision
         self.weights_digest = location.weights_digest
-        self.layers = tuple(settings.layers)
-        self.pooling = settings.pooling
-        self.max_tokens = settings.max_tokens
-        self.window_overlap = settings.window_overlap
+        self.layers = tuple(settings.reading.layers)
+        self.pooling = settings.reading.pooling
+        self.max_tokens = settings.reading.max_tokens
+        self.window_overlap = settings.reading.window_overlap
         self._device = torch.device(settings.device)
         try:
             with quiet_transformers():
@@ -59,7 +59,8 @@ class TransformersActivationModel(PoolingModel):
                 deepest = max(self.layers)
                 if deepest > total:
                     raise ConfigurationError(
-                        f"model.layers asks for layer {deepest} but {self.name} has {total} layers"
+                        f"model.reading.layers asks for layer {deepest} but {self.name} has "
+                        f"{total} layers"
                     )
                 self.tokenizer = AutoTokenizer.from_pretrained(str(location.path))
                 self.dtype_choice = _choose_dtype(settings, config)
@@ -95,7 +96,7 @@ class TransformersActivationModel(PoolingModel):
         # Shape buckets (CUDA by default) and CUDA graphs replayed per bucket.
         on_cuda = self._device.type == "cuda"
         buckets = settings.shape_buckets if settings.shape_buckets is not None else on_cuda
-        longest = len(self._prefix) + settings.max_tokens + len(self._suffix)
+        longest = len(self._prefix) + settings.reading.max_tokens + len(self._suffix)
         self._buckets: tuple[int, ...] = seq_buckets(longest) if buckets else ()
         self._graphs: CudaGraphs | None = None
         if settings.cuda_graphs and not on_cuda:
@@ -105,12 +106,14 @@ class TransformersActivationModel(PoolingModel):
 
     # -- tokenisation ------------------------------------------------------------------------
     def _template(self) -> tuple[list[int], list[int]]:
-        if not self.settings.chat_template or not getattr(self.tokenizer, "chat_template", None):
+        if not self.settings.reading.chat_template or not getattr(
+            self.tokenizer, "chat_template", None
+        ):
             return [], []
         sentinel = "\u0000ALKNET\u0000"
         turns = [{"role": "user", "content": sentinel}]
-        if self.settings.system_prompt is not None:
-            turns.insert(0, {"role": "system", "content": self.settings.system_prompt})
+        if self.settings.reading.system_prompt is not None:
+            turns.insert(0, {"role": "system", "content": self.settings.reading.system_prompt})
         rendered = self.tokenizer.apply_chat_template(
             turns, tokenize=False, add_generation_prompt=True
         )
@@ -218,14 +221,14 @@ class TransformersActivationModel(PoolingModel):
             "hidden_size": self.hidden_size,
             "feature_size": self.feature_size,
             "pooling": self.pooling,
-            "chat_template": self.settings.chat_template,
-            "pool_suffix": self.settings.pool_suffix,
-            "system_prompt": self.settings.system_prompt,
-            "max_tokens": self.settings.max_tokens,
-            "window_overlap": self.settings.window_overlap,
-            "sub_window": self.settings.sub_window if self.pooling == "mean" else 0,
-            "sub_window_stride": self.settings.sub_window_stride,
-            "edge_window": self.settings.edge_window if self.pooling == "mean" else 0,
+            "chat_template": self.settings.reading.chat_template,
+            "pool_suffix": self.settings.reading.pool_suffix,
+            "system_prompt": self.settings.reading.system_prompt,
+            "max_tokens": self.settings.reading.max_tokens,
+            "window_overlap": self.settings.reading.window_overlap,
+            "sub_window": self.settings.reading.sub_window if self.pooling == "mean" else 0,
+            "sub_window_stride": self.settings.reading.sub_window_stride,
+            "edge_window": self.settings.reading.edge_window if self.pooling == "mean" else 0,
             "dtype": self.dtype,
             "dtype_reason": self.dtype_choice.reason,
             "dtype_float32_ms": self.dtype_choice.float32_ms,

@@ -82,7 +82,7 @@ def check_exposure(settings: Any, host: str) -> None:
         return
     raise ConfigurationError(
         f"refusing to serve the model on {host} without keys: anyone who reaches it could use "
-        "it. Set model_server.keys (or model_server.keys_file; clients send model.backend_key), "
+        "it. Set model_server.keys (or model_server.keys_file; clients send model.remote.key), "
         "bind 127.0.0.1, or set model_server.allow_anonymous: true if another layer "
         "authenticates clients"
     )

@@ -101,7 +101,7 @@ class ModelDeployment:
             body = wire.error_body(
                 "invalid_api_key",
                 "send 'Authorization: Bearer <key>' with one of model_server.keys "
-                "(model.backend_key on the screening side)",
+                "(model.remote.key on the screening side)",
             )
             return Response(body, 401, media_type=wire.JSON_TYPE)
         if request.method == "GET":

@@ -19,7 +19,7 @@ from ..errors import BadInputError, CodebookMismatchError, InputTooLargeError
 from ..features import Window, WindowFeatures
 from ..integrations.openai_errors import status_for
 from ..model import wire
-from ..model.base import IDENTITY_KEYS, READING_KEYS
+from ..model.base import IDENTITY_KEYS
 
 __all__ = [
     "EncodeService",
@@ -41,12 +41,7 @@ def serving_model_settings(settings: Settings) -> ModelSettings:
     from ..codebook import load_codebook
 
     cb = load_codebook(settings.detection.codebook)
-    meta = cb.metadata.get("model", {})
-    changes: dict[str, Any] = {"layers": list(cb.layers), "backend": "local", "threads": None}
-    for key in READING_KEYS:
-        if key in meta:
-            changes[key] = meta[key]
-    return settings.model.merged(**changes)
+    return settings.model.merged(reading=cb.reading(), backend="local", threads=None)
 
 
 def tokenizer_json(model: Any) -> bytes:
@@ -95,7 +90,7 @@ class EncodeService:
         size = model.max_tokens if hasattr(model, "max_tokens") else None
         self.limits = wire.RequestLimits(
             max_windows=max_request_windows,
-            max_tokens=int(size or model.settings.max_tokens),
+            max_tokens=int(size or model.settings.reading.max_tokens),
             vocab_size=vocab_size(model),
         )
 
