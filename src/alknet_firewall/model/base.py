@@ -165,13 +165,44 @@ class PoolingModel(WindowedModel):
     :class:`~alknet_firewall.features.PoolPlan` that :meth:`_pool` runs and reduces. Sets also
     ``layers``, ``feature_size`` and the chat template's ``_prefix``, ``_suffix``, ``_pad_id``."""
 
+    name: str
+    revision: str
+    weights_digest: str
     layers: tuple[int, ...]
+    total_layers: int
+    hidden_size: int
     feature_size: int
+    dtype: str
     _prefix: list[int]
     _suffix: list[int]
     _pad_id: int
     #: Most windows in one forward pass, below ``batch_size`` (None: ``batch_size``).
     _max_batch: int | None = None
+
+    def _identity(self) -> dict[str, Any]:
+        """What :meth:`describe` says of every in-process backend: the identity, the reading
+        settings it runs with (spans and edges only where pooling is ``mean``) and its shape."""
+        r = self.settings.reading
+        spans = self.pooling == "mean"
+        return {
+            "name": self.name,
+            "revision": self.revision,
+            "weights_digest": self.weights_digest,
+            "layers": list(self.layers),
+            "total_layers": self.total_layers,
+            "hidden_size": self.hidden_size,
+            "feature_size": self.feature_size,
+            "pooling": self.pooling,
+            "chat_template": r.chat_template,
+            "pool_suffix": r.pool_suffix,
+            "system_prompt": r.system_prompt,
+            "max_tokens": r.max_tokens,
+            "window_overlap": r.window_overlap,
+            "sub_window": r.sub_window if spans else 0,
+            "sub_window_stride": r.sub_window_stride,
+            "edge_window": r.edge_window if spans else 0,
+            "dtype": self.dtype,
+        }
 
     def _pool(self, plan: PoolPlan) -> list[np.ndarray]:
         """Run ``plan.seqs`` and reduce along the plan: its rows, per layer of ``layers``."""

@@ -441,33 +441,16 @@ class OnnxActivationModel(PoolingModel):
             self.encode(["warm-up"])
 
     def describe(self) -> dict[str, Any]:
-        s = self.settings
         return {
-            "name": self.name,
-            "revision": self.revision,
+            **self._identity(),
             "source": self.meta.get("source", "onnx"),
             "backend": "onnx",
             "path": str(self.path),
-            "weights_digest": self.weights_digest,
-            "layers": list(self.layers),
-            "total_layers": self.total_layers,
-            "hidden_size": self.hidden_size,
-            "feature_size": self.feature_size,
-            "pooling": self.pooling,
-            "chat_template": s.reading.chat_template,
-            "pool_suffix": s.reading.pool_suffix,
-            "system_prompt": s.reading.system_prompt,
-            "max_tokens": s.reading.max_tokens,
-            "window_overlap": s.reading.window_overlap,
-            "sub_window": s.reading.sub_window if self.pooling == "mean" else 0,
-            "sub_window_stride": s.reading.sub_window_stride,
-            "edge_window": s.reading.edge_window if self.pooling == "mean" else 0,
-            "dtype": self.dtype,
             "dtype_reason": "onnx export precision",
             "device": "cpu",
             "threads": self.threads,
             "onnx_opset": self.meta.get("opset"),
-            "cache_dir": str(s.cache_dir or constants.cache_dir()),
+            "cache_dir": str(self.settings.cache_dir or constants.cache_dir()),
         }
 
     def close(self) -> None:
