@@ -38,6 +38,7 @@ import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
+from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlsplit
 
@@ -52,7 +53,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from starlette.applications import Starlette
 
     from ..config import Settings
-    from ..firewall import Firewall
+    from ..firewall import Firewall, FirewallStatus
 
 __all__ = [
     "SCREENED",
@@ -291,29 +292,15 @@ def create_app(
         return endpoint
 
     async def healthz(request: Request) -> Response:
-        fw = getattr(request.state, STATE_FIREWALL)
-        closed = bool(getattr(fw, "closed", False))
-        codebook = getattr(getattr(fw, "codebook", None), "id", None)
-        pool = getattr(fw, "pool", None)
-        depth = pool.queue_depth() if pool is not None else 0
-        return JSONResponse(
-            {
-                "status": "closed" if closed else "ok",
-                "codebook": codebook,
-                "queue_depth": depth,
-                "model": _model_brief(fw),
-            },
-            status_code=503 if closed else 200,
-        )
+        return JSONResponse(*health(getattr(request.state, STATE_FIREWALL).status()))
 
     async def metrics(request: Request) -> Response:
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
         from .. import metrics as fw_metrics
 
-        pool = getattr(getattr(request.state, STATE_FIREWALL), "pool", None)
-        if pool is not None:
-            fw_metrics.get().queue_depth.set(pool.queue_depth())
+        status = getattr(request.state, STATE_FIREWALL).status()
+        fw_metrics.get().queue_depth.set(status.pool.queue_depth)
         return Response(generate_latest(), headers={"content-type": CONTENT_TYPE_LATEST})
 
     routes = [Route("/v1" + s, proxy(s), methods=["POST"]) for s in SCREENED]
@@ -477,16 +464,14 @@ def _mode(server: Any) -> str:
     return f"{n} client key(s)" if n else "anonymous: no client keys"
 
 
-def _start_metrics(server: Any, fw: Any) -> Any:
+def _start_metrics(server: Any, fw: Firewall) -> Any:
     """``/metrics`` on its own listener (``server.metrics_port``): a prometheus_client thread."""
     from prometheus_client import start_http_server
 
     from .. import metrics as fw_metrics
 
     _metrics()  # register the gateway's own metrics
-    pool = getattr(fw, "pool", None)
-    if pool is not None:
-        fw_metrics.get().queue_depth.set_function(pool.queue_depth)
+    fw_metrics.get().queue_depth.set_function(fw.pool.queue_depth)
     started = start_http_server(server.metrics_port, addr=server.metrics_host)
     return started[0] if isinstance(started, tuple) else None
 
@@ -528,11 +513,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return code
 
 
-def _model_brief(fw: Any) -> dict[str, Any]:
-    """What runs the model (``/healthz``): backend, dtype and why, device."""
-    try:
-        info = fw.model.describe()
-    except Exception:  # a remote backend that is down must not fail the health check
-        return {}
-    keys = ("backend", "dtype", "dtype_reason", "device")
-    return {k: info[k] for k in keys if k in info}
+def health(status: FirewallStatus) -> tuple[dict[str, Any], int]:
+    """``/healthz``: its body and status (503 once the firewall is closed). ``model``: what runs
+    it (backend, dtype and why, device)."""
+    model = asdict(status.model)
+    body = {
+        "status": "closed" if status.closed else "ok",
+        "codebook": status.codebook_id,
+        "queue_depth": status.pool.queue_depth,
+        "model": {k: model[k] for k in _HEALTH_MODEL if model[k] is not None},
+    }
+    return body, 503 if status.closed else 200
+
+
+_HEALTH_MODEL = ("backend", "dtype", "dtype_reason", "device")

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
 from ...errors import BadInputError, FirewallError
+from ...recorder import WINDOWS
 from .. import openai_errors
 from ..asgi import STATE_FIREWALL
 from .highlight import highlight
@@ -125,56 +126,34 @@ class _Sessions:
 # What the API returns
 # --------------------------------------------------------------------------------------------
 def stats(fw: Firewall) -> dict[str, Any]:
-    """Everything the live view shows (JSON-ready)."""
-    rec = fw.recorder
-    s = fw.settings
-    pool = fw.pool.stats()
-    desc = fw.model.describe()
-    policies = {}
-    for name in sorted(s.policies):
-        pol = s.policy(name)
-        policies[name] = {
-            "thresholds": fw.thresholds(pol),
-            "signals": list(pol.signals),
-            "actions": dict(pol.actions),
-            "monitor": pol.monitor,
-            "fail_mode": pol.fail_mode,
-        }
-    figures = rec.stats()
-    total = figures.pop("total")
+    """Everything the live view shows (JSON-ready): :meth:`Firewall.status`, the recorder's
+    windows and each policy's settings."""
+    status = fw.status()
+    snapshot = status.to_dict()
     return {
         "time": time.time(),
-        "uptime_s": round(time.time() - rec.started, 1),
-        "windows": figures,
-        "total": total,
-        "queue_depth": fw.pool.queue_depth(),
-        "pool": {
-            "workers": s.pool.workers,
-            "max_batch_size": s.pool.max_batch_size,
-            "queue_size": s.pool.queue_size,
-            "batches": pool.batches,
-            "items": pool.items,
-            "mean_batch_size": round(pool.mean_batch_size, 3),
-            "max_batch_items": pool.max_batch_items,
-            "rejected": pool.rejected,
-            "failed_batches": pool.failed_batches,
-            "replaced_workers": pool.replaced_workers,
-            "cache_hits": fw.cache_hits,
-        },
-        "model": {
-            "name": desc.get("name"),
-            "revision": desc.get("revision"),
-            "backend": desc.get("backend") or getattr(s.model, "backend", "local"),
-            "device": desc.get("device"),
-            "dtype": desc.get("dtype"),
-            "layers": desc.get("layers"),
-            "max_tokens": desc.get("max_tokens"),
-        },
-        "codebook": {"id": fw.codebook.id, "signals": list(fw.codebook.signals)},
-        "default_policy": s.default_policy,
-        "policies": policies,
-        "recent_capacity": rec.capacity,
-        "log_text": rec.keep_text,
+        "uptime_s": status.uptime_s,
+        "windows": {name: fw.recorder.window(s) for name, s in WINDOWS.items()},
+        "total": snapshot["counts"],
+        "queue_depth": status.pool.queue_depth,
+        "pool": snapshot["pool"],
+        "model": snapshot["model"],
+        "codebook": {"id": status.codebook_id, "signals": list(status.signals)},
+        "default_policy": status.default_policy,
+        "policies": {name: _policy(fw, name) for name in status.policies},
+        "recent_capacity": status.recent_capacity,
+        "log_text": status.log_text,
+    }
+
+
+def _policy(fw: Firewall, name: str) -> dict[str, Any]:
+    pol = fw.settings.policy(name)
+    return {
+        "thresholds": fw.thresholds(pol),
+        "signals": list(pol.signals),
+        "actions": dict(pol.actions),
+        "monitor": pol.monitor,
+        "fail_mode": pol.fail_mode,
     }
 
 
@@ -205,11 +184,9 @@ def _original_text(data: Any, message_index: int | None, roles: Any) -> str | No
 async def screen(fw: Firewall, data: Any, policy: str | None) -> dict[str, Any]:
     """Screen like a real request; the verdict, its record and the highlighted span."""
     from ...normalize import normalize
-    from ...recorder import capture
 
-    with capture("console") as cap:
-        verdict = await fw.ascreen(data, policy=policy)
-    text = cap.text
+    done = await fw.ascreen_recorded(data, policy=policy, source="console")
+    verdict, text = done.verdict, done.text
     hl = None
     if text is not None:
         roles = fw.settings.policy(policy or fw.settings.default_policy).roles
@@ -223,9 +200,8 @@ async def screen(fw: Firewall, data: Any, policy: str | None) -> dict[str, Any]:
             "seam": seam,
             "span": hl,
         }
-    record = cap.record.to_dict() if cap.record is not None else None
-    if record is not None:
-        record["digest"] = None  # never comparable with traffic digests (see recent())
+    record = done.record.to_dict()
+    record["digest"] = None  # never comparable with traffic digests (see recent())
     return {"verdict": verdict.to_dict(), "record": record, "highlight": hl}
 
 
