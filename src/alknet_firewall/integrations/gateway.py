@@ -66,7 +66,7 @@ __all__ = [
 ]
 
 
-log = logging.getLogger("alknet_firewall.gateway")
+log = logging.getLogger(__name__)
 
 #: Lifespan-state key of the shared ``httpx.AsyncClient``.
 STATE_HTTP = "alknet_firewall_http"

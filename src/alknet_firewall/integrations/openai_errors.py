@@ -84,7 +84,7 @@ __all__ = [
 ]
 
 
-log = logging.getLogger("alknet_firewall.errors")
+log = logging.getLogger(__name__)
 
 ASGISend = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
