@@ -155,6 +155,7 @@ def test_screen_messages_and_bad_requests(client: TestClient) -> None:
         ({}, "bad_input"),
         ({"text": 5}, "bad_input"),
         ({"text": "a", "policy": "nope"}, "unknown_policy"),
+        ({"text": "a", "policy": 5}, "unknown_policy"),
         ({"messages": [{"content": "no role"}]}, "bad_input"),
     ):
         r = client.post("/api/screen", json=payload, headers=AUTH)
