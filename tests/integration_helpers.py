@@ -12,7 +12,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -100,6 +100,15 @@ def release_firewall() -> None:
         if _USERS == 0 and _FIREWALL is not None:
             _FIREWALL.close()
             _FIREWALL = None
+
+
+def shared_firewall() -> Iterator[Any]:
+    """A fixture's body for the session's shared real firewall: ``yield from shared_firewall()``."""
+    fw = acquire_firewall()
+    try:
+        yield fw
+    finally:
+        release_firewall()
 
 
 # --------------------------------------------------------------------------------------------

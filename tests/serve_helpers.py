@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,29 @@ import httpx
 import yaml
 
 from tests.integration_helpers import COMPLETION, child_env, codebook_path, free_port
+
+
+def wait_healthy(
+    proc: subprocess.Popen[Any], url: str, timeout: float, output: Callable[[], str]
+) -> None:
+    """Wait until the server process at ``url`` answers ``/healthz`` with 200; fail with its
+    ``output()`` if it exits first or takes longer than ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        assert proc.poll() is None, output()
+        try:
+            if httpx.get(url + "/healthz", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, f"not healthy in {timeout:.0f} s\n" + output()
+        time.sleep(0.2)
+
+
+def piped_output(proc: subprocess.Popen[str]) -> str:
+    """What a process wrote to its stdout pipe (it is killed first if it still runs)."""
+    proc.kill()
+    return proc.communicate()[0]
 
 
 class Serve:
@@ -50,16 +74,8 @@ class Serve:
             self.proc = subprocess.Popen(
                 self.cmd, env=self.env, stdout=out, stderr=subprocess.STDOUT
             )
-        deadline = time.monotonic() + timeout
-        while True:
-            assert self.proc.poll() is None, self.output()
-            try:
-                if httpx.get(self.url + "/healthz", timeout=2).status_code == 200:
-                    return self
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "serve did not become healthy\n" + self.output()
-            time.sleep(0.2)
+        wait_healthy(self.proc, self.url, timeout, self.output)
+        return self
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")
@@ -152,6 +168,39 @@ def raw_http(
     status_line, _, rest = data.partition(b"\r\n")
     assert status_line.startswith(b"HTTP/1.1 "), data[:200]
     return int(status_line.split()[1]), rest.partition(b"\r\n\r\n")[2]
+
+
+def trickle(port: int, head: bytes, body: bytes, *, drain: bool = False) -> bytes:
+    """Send ``head``, then ``body`` one byte per recv timeout (1 s) until the server answers
+    (an error body ends in ``}}``), closes, or ``body`` is spent; the reply. ``drain``: then
+    read on until the server closes the connection (at most 5 s)."""
+    import socket
+
+    reply = b""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(head)
+        sock.settimeout(1.0)
+        for i in range(len(body)):
+            try:
+                sock.sendall(body[i : i + 1])
+                data = sock.recv(65536)
+            except TimeoutError:
+                continue
+            except OSError:
+                break
+            if not data:
+                break
+            reply += data
+            if b"}}" in reply:
+                break
+        if drain:
+            sock.settimeout(5)
+            try:
+                while chunk := sock.recv(65536):
+                    reply += chunk
+            except OSError:
+                pass
+    return reply
 
 
 def rss_mb(pid: int) -> float:

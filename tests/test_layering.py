@@ -42,7 +42,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("codebook and training data", ("codebook", "corpus", "trainset")),
     ("scoring", ("scoring",)),
     ("verdicts and fitting", ("verdict", "fitting")),
-    ("firewall", ("firewall", "scan")),
+    ("firewall", ("firewall", "scan", "status")),
     (
         "integrations and servers",
         ("integrations", "integrations.*", "modelserver", "modelserver.*"),

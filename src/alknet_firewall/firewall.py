@@ -19,7 +19,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Literal, overload
 
@@ -43,6 +43,7 @@ from .normalize import normalize
 from .pool import BatchPool
 from .recorder import Record, Recorder
 from .scoring import Scorer, Scores, adjust, level_for, request_score, text_context
+from .status import FirewallStatus, ModelStatus, PoolStatus
 from .verdict import Verdict, error_code
 
 __all__ = [
@@ -134,66 +135,6 @@ class Screening:
     #: The text the model read for the message that drove the verdict (normalised, or a seam),
     #: None when nothing was screened. Handed to the caller only; kept only with ``log_text``.
     text: str | None
-
-
-@dataclass(frozen=True)
-class ModelStatus:
-    """What runs the model (from its ``describe()``; None where the backend does not say)."""
-
-    name: str | None = None
-    revision: str | None = None
-    backend: str | None = None
-    device: str | None = None
-    dtype: str | None = None
-    #: Why that dtype (``model.dtype: auto`` resolves to one).
-    dtype_reason: str | None = None
-    layers: list[int] | None = None
-    max_tokens: int | None = None
-
-
-@dataclass(frozen=True)
-class PoolStatus:
-    """The worker pool: its settings and its counters since start."""
-
-    workers: int
-    max_batch_size: int
-    queue_size: int
-    queue_depth: int
-    batches: int
-    items: int
-    mean_batch_size: float
-    max_batch_items: int
-    rejected: int
-    failed_batches: int
-    replaced_workers: int
-    cache_hits: int
-
-
-@dataclass(frozen=True)
-class FirewallStatus:
-    """A snapshot of a firewall (:meth:`Firewall.status`): what ``/healthz``, ``/metrics``
-    and the console report. No message text."""
-
-    closed: bool
-    codebook_id: str
-    signals: tuple[str, ...]
-    levels: tuple[str, ...]
-    default_policy: str
-    policies: tuple[str, ...]
-    model: ModelStatus
-    pool: PoolStatus
-    #: Verdicts by action, level and signal, errors by code, batches: the process-wide
-    #: Prometheus counters (``recorder.summarise_counts``).
-    counts: Mapping[str, Any]
-    #: Seconds since the firewall started recording.
-    uptime_s: float
-    #: Recent verdicts the recorder keeps, and whether it keeps their text (``log_text``).
-    recent_capacity: int
-    log_text: bool
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready."""
-        return asdict(self)
 
 
 #: Characters taken from each side of a seam (about 75 tokens each: one window in all).

@@ -9,7 +9,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from alknet_firewall.config import load_settings
 from alknet_firewall.firewall import Firewall
 from alknet_firewall.integrations.console import char_span, console_app, highlight
 from tests.fakes import FakeModel, fit_fake_codebook
+from tests.serve_helpers import piped_output, wait_healthy
 
 KEY = "console-admin-key-0123456789"
 AUTH = {"authorization": f"Bearer {KEY}"}
@@ -215,10 +215,9 @@ def test_char_span() -> None:
 # --------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def real_firewall() -> Iterator[Any]:
-    from tests.integration_helpers import acquire_firewall, release_firewall
+    from tests.integration_helpers import shared_firewall
 
-    yield acquire_firewall()
-    release_firewall()
+    yield from shared_firewall()
 
 
 @pytest.mark.slow
@@ -311,16 +310,7 @@ def gateway_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         )
         base = f"http://127.0.0.1:{port}"
         try:
-            deadline = time.monotonic() + 180
-            while True:
-                assert proc.poll() is None, proc.communicate()[0]
-                try:
-                    if httpx.get(base + "/healthz", timeout=2).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                assert time.monotonic() < deadline, "the gateway did not become healthy in 180 s"
-                time.sleep(0.2)
+            wait_healthy(proc, base, 180, lambda: piped_output(proc))
             yield base
         finally:
             proc.send_signal(signal.SIGINT)
