@@ -1,8 +1,9 @@
 """The firewall: the API every integration calls (``Verdict`` lives in :mod:`.verdict`).
 
-Size (~600 lines): one class whose parts share its state — input preparation (seams, the
+Size (~750 lines): one class whose parts share its state — input preparation (seams, the
 screening cache), the pool's batch function, sync/async/batch screening with their timeout
-rules, and verdict composition. Message parsing, the verdict, scoring and the pool are already
+rules, verdict composition and the status snapshot (:mod:`.status`), with the small types
+passed between them. Message parsing, the verdict, scoring and the pool are already
 their own modules; splitting the class further would pass its state around instead.
 """
 

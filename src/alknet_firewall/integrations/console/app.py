@@ -1,7 +1,8 @@
 """The console as a Starlette app: one HTML page, its static files and a small JSON API.
 
-Size (~460 lines): the routes, their auth (sessions, cookies) and the JSON payloads they
-share; the page itself and the highlighting are separate files.
+Size (~540 lines): the :class:`Console` (its routes, authentication once per request by
+Starlette's ``AuthenticationMiddleware`` with sessions and cookies, guarded endpoints) and the
+JSON payloads they share; the page itself and the highlighting are separate files.
 
 Routes (relative to where the app is mounted):
 
@@ -12,12 +13,13 @@ Routes (relative to where the app is mounted):
 * ``GET  /api/stats``      live figures (:func:`stats`);
 * ``GET  /api/recent``     ``?limit=N`` newest verdicts, never their text unless ``log_text``;
 * ``POST /api/screen``     ``{"text": "..."} | {"messages": [...]}, "policy"?`` → the verdict
-  and the highlighted span, through ``await firewall.ascreen`` like any request (recorded with
-  ``source: "console"``).
+  and the highlighted span, through ``await firewall.ascreen_recorded`` like any request
+  (recorded with ``source: "console"``).
 
-With an ``authorize`` callable every route but the static files needs either a header the
-callable accepts (``Authorization: Bearer <key>`` for scripts) or the session cookie the login
-form sets (browsers); otherwise 401 (the page answers with a key form).
+With an ``authorize`` callable every route but the static files and login/logout needs the
+:data:`ADMIN` scope: a header the callable accepts (``Authorization: Bearer <key>`` for
+scripts) or the session cookie the login form sets (browsers); otherwise 401 (the page answers
+with a key form).
 """
 
 from __future__ import annotations
