@@ -493,15 +493,12 @@ def _serve_settings(args: argparse.Namespace) -> Settings:
 
     from ..config import load_settings
 
-    settings = load_settings(getattr(args, "config", None))
-    server = {
-        k: getattr(args, k)
-        for k in ("upstream", "host", "port")
-        if getattr(args, k, None) is not None
-    }
+    given = vars(args)  # --config is absent unless given after 'serve' (SUPPRESS)
+    settings = load_settings(given.get("config"))
+    server = {k: given[k] for k in ("upstream", "host", "port") if given.get(k) is not None}
     update: dict[str, Any] = {"server": server}
-    if getattr(args, "codebook", None):
-        update["detection"] = {"codebook": Path(args.codebook)}
+    if given.get("codebook"):
+        update["detection"] = {"codebook": Path(given["codebook"])}
     settings = settings.merged(**update)
     check_upstream(settings.server.upstream)
     check_exposure(settings.server)
