@@ -74,7 +74,7 @@ def main() -> int:
     with Firewall(settings) as fw:
         for name, fn in variants(filler_text).items():
             inputs = [fn(r.text) for r in sample]
-            verdicts = fw.screen_many_safe(inputs)
+            verdicts = fw.screen_many(inputs, return_exceptions=True)
             ok = [v for v in verdicts if not isinstance(v, BaseException)]
             flagged = sum(v.level in ("warning", "critical") for v in ok) / max(len(ok), 1)
             blocked = sum(v.level == "critical" for v in ok) / max(len(ok), 1)

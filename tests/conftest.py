@@ -173,10 +173,9 @@ def full_reference(embedded_dir: Path) -> Iterator[Any]:
 @pytest.fixture(scope="module")
 def real_firewall() -> Iterator[Any]:
     """The session's shared real firewall (``tests.integration_helpers``), held for a module."""
-    from tests.integration_helpers import acquire_firewall, release_firewall
+    from tests.integration_helpers import shared_firewall
 
-    yield acquire_firewall()
-    release_firewall()
+    yield from shared_firewall()
 
 
 @pytest.fixture(scope="module")

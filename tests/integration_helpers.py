@@ -13,7 +13,7 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -103,11 +103,20 @@ def release_firewall() -> None:
             _FIREWALL = None
 
 
+def shared_firewall() -> Iterator[Any]:
+    """A fixture's body for the session's shared real firewall: ``yield from shared_firewall()``."""
+    fw = acquire_firewall()
+    try:
+        yield fw
+    finally:
+        release_firewall()
+
+
 # --------------------------------------------------------------------------------------------
 # Servers
 # --------------------------------------------------------------------------------------------
 def wait_healthy(
-    proc: subprocess.Popen[bytes],
+    proc: subprocess.Popen[Any],
     url: str,
     output: Callable[[], str],
     *,

@@ -22,6 +22,12 @@ from tests.integration_helpers import (
 )
 
 
+def piped_output(proc: subprocess.Popen[str]) -> str:
+    """What a process wrote to its stdout pipe (it is killed first if it still runs)."""
+    proc.kill()
+    return proc.communicate()[0]
+
+
 class Serve:
     """``alknet-firewall serve`` in a subprocess, with a YAML config; output in a file."""
 
@@ -149,6 +155,39 @@ def raw_http(
     status_line, _, rest = data.partition(b"\r\n")
     assert status_line.startswith(b"HTTP/1.1 "), data[:200]
     return int(status_line.split()[1]), rest.partition(b"\r\n\r\n")[2]
+
+
+def trickle(port: int, head: bytes, body: bytes, *, drain: bool = False) -> bytes:
+    """Send ``head``, then ``body`` one byte per recv timeout (1 s) until the server answers
+    (an error body ends in ``}}``), closes, or ``body`` is spent; the reply. ``drain``: then
+    read on until the server closes the connection (at most 5 s)."""
+    import socket
+
+    reply = b""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(head)
+        sock.settimeout(1.0)
+        for i in range(len(body)):
+            try:
+                sock.sendall(body[i : i + 1])
+                data = sock.recv(65536)
+            except TimeoutError:
+                continue
+            except OSError:
+                break
+            if not data:
+                break
+            reply += data
+            if b"}}" in reply:
+                break
+        if drain:
+            sock.settimeout(5)
+            try:
+                while chunk := sock.recv(65536):
+                    reply += chunk
+            except OSError:
+                pass
+    return reply
 
 
 def rss_mb(pid: int) -> float:

@@ -329,9 +329,36 @@ def test_screen_many_return_exceptions_closed_and_worker_init(codebook: Any) -> 
         assert isinstance(out[0], Verdict) and isinstance(out[1], BadInputError)
         with pytest.raises(BadInputError):
             fw.screen_many([benign_text(1), b"bytes"])  # type: ignore[list-item]
-        with pytest.warns(DeprecationWarning):
-            assert isinstance(fw.screen_many_safe([b"x"])[0], BadInputError)  # type: ignore[list-item]
         assert model.worker_threads == 3  # the pool called the model's init_worker
         assert not fw.closed
     assert fw.closed
     assert not getattr(model, "closed", False)  # a model passed in is the caller's to close
+
+
+def test_status_is_one_snapshot_of_model_codebook_pool_and_counts(codebook: Any) -> None:
+    fw, _ = make(codebook)
+    with fw:
+        before = fw.status().counts["verdicts"]
+        fw.screen(attack_text(30_001))
+        status = fw.status()
+        assert not status.closed and status.codebook_id == fw.codebook.id
+        assert status.model.name == "fake/model" and status.model.backend == "local"
+        assert status.pool.workers == 2 and status.pool.queue_depth == 0
+        assert status.pool.items >= 1 and status.counts["verdicts"] == before + 1
+        assert status.default_policy == "default" and "monitor" in status.policies
+        d = status.to_dict()
+        json.dumps(d)  # JSON-ready
+        assert d["pool"]["workers"] == 2 and d["model"]["name"] == "fake/model"
+    assert fw.status().closed
+
+
+def test_ascreen_recorded_returns_the_record_and_the_text_read(codebook: Any) -> None:
+    fw, _ = make(codebook)
+    with fw:
+        done = asyncio.run(fw.ascreen_recorded(attack_text(30_002)))
+        assert done.verdict.action == "block" and done.text is not None
+        assert done.record.source == "console" and done.record.text is None
+        assert done.record.chars == len(done.text)
+        assert fw.recorder.recent(1)[0] == done.record
+        fw.screen(benign_text(30_003))
+        assert fw.recorder.recent(1)[0].source == "traffic"

@@ -43,7 +43,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("codebook", ("codebook",)),
     ("scoring", ("scoring",)),
     ("verdicts", ("verdict",)),
-    ("firewall", ("firewall", "scan")),
+    ("firewall", ("firewall", "scan", "status")),
     (
         "integrations and servers",
         ("integrations", "integrations.*", "modelserver", "modelserver.*"),

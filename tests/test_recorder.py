@@ -3,7 +3,6 @@ latency percentiles, no text unless log_text."""
 
 from __future__ import annotations
 
-import asyncio
 from types import SimpleNamespace
 from typing import Any
 
@@ -11,7 +10,7 @@ import pytest
 
 from alknet_firewall import metrics
 from alknet_firewall.firewall import Verdict
-from alknet_firewall.recorder import WINDOWS, Recorder, _percentile, capture, prometheus_values
+from alknet_firewall.recorder import WINDOWS, Recorder, _percentile, prometheus_values
 
 
 class Clock:
@@ -115,18 +114,11 @@ def test_latency_percentiles() -> None:
     assert _percentile(rec._latency[rec._key(clock.t)] * 0, 0.5) is None
 
 
-def test_capture_marks_source_and_returns_text() -> None:
+def test_record_marks_its_source() -> None:
     rec = Recorder(clock=Clock(), metrics=_private_metrics())
-
-    async def screen() -> Any:
-        with capture("console") as cap:
-            await asyncio.sleep(0)
-            rec.record(_verdict("block"), "the driving text")
-        return cap
-
-    cap = asyncio.run(screen())
-    assert cap.text == "the driving text" and cap.record is not None
-    assert cap.record.source == "console" and cap.record.text is None
+    record = rec.record(_verdict("block"), "the driving text", source="console")
+    assert record.source == "console" and record.text is None  # no text without log_text
+    assert record.chars == len("the driving text")
     rec.record(_verdict(), "other")
     assert [r.source for r in rec.recent()] == ["traffic", "console"]
 

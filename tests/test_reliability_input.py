@@ -28,9 +28,8 @@ from tests.integration_helpers import (
     ATTACK,
     BENIGN,
     ServerThread,
-    acquire_firewall,
     firewall_settings,
-    release_firewall,
+    shared_firewall,
 )
 from tests.reliability_helpers import COMPLETION, EchoApp, RawUpstream, fake_model_firewall, rss_mb
 
@@ -59,9 +58,7 @@ class Target:
 
 @pytest.fixture(scope="module")
 def firewall() -> Iterator[Any]:
-    fw = acquire_firewall()
-    yield fw
-    release_firewall()
+    yield from shared_firewall()
 
 
 @pytest.fixture(scope="module")

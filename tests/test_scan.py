@@ -56,7 +56,7 @@ def test_screen_many_does_not_time_out_on_its_own_queue(slow_firewall: Any) -> N
     assert slow_firewall.model.texts_seen >= N
 
 
-def test_screen_many_safe_does_not_time_out_on_its_own_queue(slow_firewall: Any) -> None:
+def test_return_exceptions_batch_does_not_time_out_on_its_own_queue(slow_firewall: Any) -> None:
     results = slow_firewall.screen_many([benign_text(i) for i in range(N)], return_exceptions=True)
     assert all(getattr(v, "error", "exception") is None for v in results), results
 

@@ -1,8 +1,9 @@
 """The firewall: the API every integration calls (``Verdict`` lives in :mod:`.verdict`).
 
-Size (~600 lines): one class whose parts share its state — input preparation (seams, the
+Size (~750 lines): one class whose parts share its state — input preparation (seams, the
 screening cache), the pool's batch function, sync/async/batch screening with their timeout
-rules, and verdict composition. Message parsing, the verdict, scoring and the pool are already
+rules, verdict composition and the status snapshot (:mod:`.status`), with the small types
+passed between them. Message parsing, the verdict, scoring and the pool are already
 their own modules; splitting the class further would pass its state around instead.
 """
 
@@ -17,10 +18,9 @@ import re
 import sys
 import threading
 import time
-import warnings
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Literal, overload
 
@@ -42,13 +42,24 @@ from .messages import ScreenInput, extract_texts, rough_size
 from .model import ActivationModel, load_model
 from .normalize import normalize
 from .pool import BatchPool
-from .recorder import Recorder
+from .recorder import Record, Recorder
 from .scoring import Scorer, Scores, adjust, level_for, request_score, text_context
+from .status import FirewallStatus, ModelStatus, PoolStatus
 from .verdict import Verdict, error_code
 
-__all__ = ["SEAM_CHARS", "Firewall", "ScreenInput", "Verdict", "extract_texts"]
+__all__ = [
+    "SEAM_CHARS",
+    "Firewall",
+    "FirewallStatus",
+    "ModelStatus",
+    "PoolStatus",
+    "ScreenInput",
+    "Screening",
+    "Verdict",
+    "extract_texts",
+]
 
-log = logging.getLogger("alknet_firewall")
+log = logging.getLogger(__name__)
 
 
 # --------------------------------------------------------------------------------------------
@@ -67,19 +78,64 @@ class _Item:
     part: bool = False
 
 
-class _Texts(tuple):  # type: ignore[type-arg]
-    """A pool job: the texts of one request, and which of them count towards the size limit."""
+@dataclass(frozen=True)
+class _Job:
+    """A pool job: the texts of one request to score in one forward pass."""
 
+    texts: tuple[str, ...]
+    #: Per text: whether it counts towards ``detection.max_input_tokens`` (parts and seams
+    #: repeat text of the request's messages; only messages count).
     counts: tuple[bool, ...]
     #: The screening span and submission time (``telemetry.pending``), or None.
-    trace: Any
+    trace: Any = None
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    @classmethod
+    def of(cls, prepared: _Prepared) -> _Job:
+        items = prepared.items
+        return cls(
+            texts=tuple(text for _, text, _ in prepared.todo),
+            counts=tuple(not (items[n].part or items[n].seam) for n, _, _ in prepared.todo),
+            trace=telemetry.pending(),  # the screening span, when one records
+        )
 
 
-def _job(todo: list[tuple[int, str, str]], items: list[_Item]) -> tuple[str, ...]:
-    job = _Texts(text for _, text, _ in todo)
-    job.counts = tuple(not (items[n].part or items[n].seam) for n, _, _ in todo)
-    job.trace = telemetry.pending()  # the screening span, when one records
-    return job
+@dataclass(frozen=True)
+class _Prepared:
+    """One request ready to screen: its texts, and which of them still need the model."""
+
+    items: list[_Item]
+    #: Roles (or parts) of the input that were not screened (``Verdict.ignored``).
+    ignored: list[str]
+    #: Item index -> scores found in the screening cache.
+    cached: dict[int, Scores]
+    #: (item index, text, cache key) of the items the model must score.
+    todo: list[tuple[int, str, str]]
+
+
+@dataclass(frozen=True)
+class _Call:
+    """One screening call: its policy (name and settings), start time and record source."""
+
+    name: str
+    policy: PolicySettings
+    t0: float
+    #: ``Record.source``: ``traffic``, or ``console`` for the console's try box.
+    source: str
+
+
+@dataclass(frozen=True)
+class Screening:
+    """One screening as its caller sees it (:meth:`Firewall.ascreen_recorded`)."""
+
+    verdict: Verdict
+    #: What the recorder kept of it (the console's recent list).
+    record: Record
+    #: The text the model read for the message that drove the verdict (normalised, or a seam),
+    #: None when nothing was screened. Handed to the caller only; kept only with ``log_text``.
+    text: str | None
 
 
 #: Characters taken from each side of a seam (about 75 tokens each: one window in all).
@@ -144,7 +200,7 @@ class Firewall:
         #: Recent verdicts and windowed stats, in memory (read by the operator console).
         self.recorder = Recorder(keep_text=s.log_text, metrics=self._metrics)
         p = s.pool
-        self.pool: BatchPool[tuple[str, ...], list[Scores]] = BatchPool(
+        self.pool: BatchPool[_Job, list[Scores]] = BatchPool(
             self._score_batch,
             workers=p.workers,
             max_batch_cost=p.max_batch_size,
@@ -185,7 +241,8 @@ class Firewall:
 
     def warmup(self) -> None:
         """One forward pass per worker before serving (installs lazy hooks, fills caches)."""
-        futures = [self.pool.submit(("warm-up",)) for _ in range(self.settings.pool.workers)]
+        warm = _Job(texts=("warm-up",), counts=(True,))
+        futures = [self.pool.submit(warm) for _ in range(self.settings.pool.workers)]
         concurrent.futures.wait(futures, timeout=self.settings.pool.timeout_s * 4)
 
     def close(self, timeout: float = 30.0) -> None:
@@ -215,16 +272,16 @@ class Firewall:
         await asyncio.get_running_loop().run_in_executor(None, self.close)
 
     # -- the batch function the pool runs ------------------------------------------------------
-    def _cost(self, texts: tuple[str, ...]) -> int:
+    def _cost(self, job: _Job) -> int:
         # Windows a request will need, estimated from characters (≈4 per token).
         per = 4 * self.model.max_tokens
-        return sum(1 + len(t) // per for t in texts)
+        return sum(1 + len(t) // per for t in job.texts)
 
-    def _score_batch(self, jobs: list[tuple[str, ...]]) -> list[list[Scores] | BaseException]:
+    def _score_batch(self, jobs: list[_Job]) -> list[list[Scores] | BaseException]:
         """Score every text of every request in one pass; one result list per request."""
         limit = self.settings.detection.max_input_tokens
         start_ns, model_ns = time.time_ns(), None  # OpenTelemetry timings (telemetry.py)
-        flat = [t for job in jobs for t in job]
+        flat = [t for job in jobs for t in job.texts]
         ids = self.model.tokenize(flat)
         out: list[list[Scores] | BaseException] = []
         keep: list[list[int]] = []
@@ -232,9 +289,7 @@ class Firewall:
         for job in jobs:
             idx = list(range(pos, pos + len(job)))
             pos += len(job)
-            # Parts and seams repeat text of the request's messages: only messages count.
-            counts = getattr(job, "counts", None) or (True,) * len(job)
-            total = sum(len(ids[i]) for i, c in zip(idx, counts, strict=True) if c)
+            total = sum(len(ids[i]) for i, c in zip(idx, job.counts, strict=True) if c)
             if total > limit:
                 out.append(
                     InputTooLargeError(
@@ -261,9 +316,7 @@ class Firewall:
         return out
 
     # -- screening -----------------------------------------------------------------------------
-    def _prepare(
-        self, data: ScreenInput, policy: PolicySettings
-    ) -> tuple[list[_Item], list[str], dict[int, Scores], list[tuple[int, str, str]]]:
+    def _prepare(self, data: ScreenInput, policy: PolicySettings) -> _Prepared:
         if self._closed:
             raise FirewallClosedError("the firewall is closed; create a new one")
         texts, ignored = extract_texts(data, policy.roles, each_part=True)
@@ -299,7 +352,7 @@ class Firewall:
                 cached[n] = hit
             else:
                 todo.append((n, it.text, key))
-        return items, ignored, cached, todo
+        return _Prepared(items, ignored, cached, todo)
 
     def _cache_key(self, text: str) -> str:
         h = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16)
@@ -330,11 +383,11 @@ class Firewall:
         return self._cache_hits
 
     def _submit(
-        self, todo: list[tuple[int, str, str]], items: list[_Item], **kwargs: Any
+        self, prepared: _Prepared, **kwargs: Any
     ) -> concurrent.futures.Future[list[Scores]]:
         """One pool job per request, so a request with many messages never overflows the queue
         by itself and its texts share one forward pass."""
-        return self.pool.submit(_job(todo, items), **kwargs)
+        return self.pool.submit(_Job.of(prepared), **kwargs)
 
     @telemetry.traced
     def screen(
@@ -346,13 +399,13 @@ class Firewall:
         fail-mode verdict (never silent, recorded in ``Verdict.error``).
         """
         t0 = time.perf_counter()
-        name, pol = self._policy(policy)
-        items, ignored, cached, todo = self._prepare(data, pol)
+        call = _Call(*self._policy(policy), t0=t0, source="traffic")
+        prepared = self._prepare(data, call.policy)
         timeout = timeout or self.settings.pool.timeout_s
         try:
             results: list[Scores] = []
-            if todo:
-                future = self._submit(todo, items)
+            if prepared.todo:
+                future = self._submit(prepared)
                 try:
                     results = future.result(timeout=max(0.0, t0 + timeout - time.perf_counter()))
                 except concurrent.futures.TimeoutError:
@@ -361,61 +414,78 @@ class Firewall:
         except (BadInputError, FirewallClosedError):
             raise
         except OverloadError as exc:
-            return self._on_overload(exc, name, pol, t0)
+            return self._on_overload(exc, call).verdict
         except Exception as exc:
-            return self._failure(exc, name, pol, t0)
-        return self._verdict(items, ignored, cached, todo, results, name, pol, t0)
+            return self._failure(exc, call).verdict
+        return self._verdict(prepared, results, call).verdict
 
     async def ascreen(
         self, data: ScreenInput, *, policy: str | None = None, timeout: float | None = None
     ) -> Verdict:
         """Async :meth:`screen`: waits without blocking the event loop."""
-        return await self._ascreen(data, policy, timeout, batch=False)
+        return (await self._ascreen(data, policy, timeout, batch=False)).verdict
+
+    async def ascreen_recorded(
+        self,
+        data: ScreenInput,
+        *,
+        policy: str | None = None,
+        timeout: float | None = None,
+        source: str = "console",
+    ) -> Screening:
+        """:meth:`ascreen`, returning the verdict with its record (marked ``source``) and the
+        text the model read for the driving message (the console's try box)."""
+        return await self._ascreen(data, policy, timeout, batch=False, source=source)
 
     @telemetry.traced
     async def _ascreen(
-        self, data: ScreenInput, policy: str | None, timeout: float | None, *, batch: bool
-    ) -> Verdict:
+        self,
+        data: ScreenInput,
+        policy: str | None,
+        timeout: float | None,
+        *,
+        batch: bool,
+        source: str = "traffic",
+    ) -> Screening:
         """``batch``: the timeout counts from when a worker takes the request, not from its
         submission, so a batch job's items never fail for waiting behind its own work."""
         t0 = time.perf_counter()
-        name, pol = self._policy(policy)
+        call = _Call(*self._policy(policy), t0=t0, source=source)
         if rough_size(data) > _OFFLOAD_CHARS:
             # Normalising and hashing megabytes would stall the event loop: do it in a thread.
-            prepared = await asyncio.to_thread(self._prepare, data, pol)
+            prepared = await asyncio.to_thread(self._prepare, data, call.policy)
         else:
-            prepared = self._prepare(data, pol)
-        items, ignored, cached, todo = prepared
+            prepared = self._prepare(data, call.policy)
         timeout = timeout or self.settings.pool.timeout_s
         future: concurrent.futures.Future[list[Scores]] | None = None
         try:
             results: list[Scores] = []
-            if todo and batch:
+            if prepared.todo and batch:
                 loop = asyncio.get_running_loop()
                 started = asyncio.Event()
                 future = self._submit(
-                    todo, items, on_start=lambda: loop.call_soon_threadsafe(started.set)
+                    prepared, on_start=lambda: loop.call_soon_threadsafe(started.set)
                 )
                 results = await self._await_started(future, started, timeout)
-            elif todo:
-                future = self._submit(todo, items)
+            elif prepared.todo:
+                future = self._submit(prepared)
                 results = await asyncio.wait_for(asyncio.wrap_future(future), timeout)
         except (BadInputError, FirewallClosedError):
             raise
         except OverloadError as exc:
-            return self._on_overload(exc, name, pol, t0)
+            return self._on_overload(exc, call)
         except (asyncio.TimeoutError, TimeoutError):
             if future is not None:
                 future.cancel()
             exc2 = ScreenTimeoutError(f"screening took longer than {timeout:.1f}s")
-            return self._failure(exc2, name, pol, t0)
+            return self._failure(exc2, call)
         except asyncio.CancelledError:
             if future is not None:
                 future.cancel()
             raise
         except Exception as exc:
-            return self._failure(exc, name, pol, t0)
-        return self._verdict(items, ignored, cached, todo, list(results), name, pol, t0)
+            return self._failure(exc, call)
+        return self._verdict(prepared, list(results), call)
 
     async def _await_started(
         self,
@@ -485,7 +555,7 @@ class Firewall:
             async def one(x: ScreenInput) -> Verdict | FirewallError:
                 async with sem:
                     try:
-                        return await self._ascreen(x, policy, None, batch=True)
+                        return (await self._ascreen(x, policy, None, batch=True)).verdict
                     except FirewallError as exc:
                         if not return_exceptions:
                             raise
@@ -500,21 +570,6 @@ class Firewall:
 
         return asyncio.run(run())
 
-    def screen_many_safe(
-        self,
-        inputs: Sequence[ScreenInput],
-        *,
-        policy: str | None = None,
-        progress: bool = False,
-    ) -> list[Verdict | FirewallError]:
-        """Deprecated: ``screen_many(inputs, return_exceptions=True)``."""
-        warnings.warn(
-            "screen_many_safe() is deprecated; use screen_many(..., return_exceptions=True)",
-            DeprecationWarning,
-            stacklevel=2,
-        )
-        return self.screen_many(inputs, policy=policy, return_exceptions=True, progress=progress)
-
     # -- verdicts ------------------------------------------------------------------------------
     def _policy(self, name: str | None) -> tuple[str, PolicySettings]:
         key = name or self.settings.default_policy
@@ -525,19 +580,11 @@ class Firewall:
         t.update(policy.thresholds)
         return t
 
-    def _verdict(
-        self,
-        items: list[_Item],
-        ignored: list[str],
-        cached: dict[int, Scores],
-        todo: list[tuple[int, str, str]],
-        results: Sequence[Scores],
-        name: str,
-        pol: PolicySettings,
-        t0: float,
-    ) -> Verdict:
+    def _verdict(self, prepared: _Prepared, results: Sequence[Scores], call: _Call) -> Screening:
+        """The verdict on a request from its texts' scores (``results``: one per ``todo``)."""
+        items, cached, pol = prepared.items, prepared.cached, call.policy
         per_item: dict[int, Scores] = dict(cached)
-        for (n, _, key), sc in zip(todo, results, strict=True):
+        for (n, _, key), sc in zip(prepared.todo, results, strict=True):
             per_item[n] = sc
             self._cache_put(key, sc)
         thresholds = self.thresholds(pol)
@@ -602,50 +649,47 @@ class Firewall:
             message_index=message_index,
             window=window,
             codebook_id=self.codebook.id,
-            policy=name,
+            policy=call.name,
             thresholds=thresholds,
             screened_messages=len({it.message_index for it in items if not it.seam}),
             cached_messages=sum(not (items[n].seam or items[n].part) for n in cached),
-            ignored=ignored,
+            ignored=prepared.ignored,
             notes=sorted(set(notes)),
-            latency_ms=(time.perf_counter() - t0) * 1000.0,
+            latency_ms=(time.perf_counter() - call.t0) * 1000.0,
         )
         text = items[best_item].text if best_item is not None else None
-        self._record(verdict, text)
-        return verdict
+        return Screening(verdict, self._record(verdict, call.source, text), text)
 
-    def _failure(self, exc: BaseException, name: str, pol: PolicySettings, t0: float) -> Verdict:
+    def _failure(self, exc: BaseException, call: _Call) -> Screening:
         code = error_code(exc)
         telemetry.record_error(exc)
         verdict = Verdict.failed(
             exc,
-            name,
-            pol,
+            call.name,
+            call.policy,
             codebook_id=self.codebook.id,
-            thresholds=self.thresholds(pol),
-            latency_ms=(time.perf_counter() - t0) * 1000.0,
+            thresholds=self.thresholds(call.policy),
+            latency_ms=(time.perf_counter() - call.t0) * 1000.0,
         )
         log.error(
             "screening failed (%s); fail_mode=%s gives action=%s",
             code,
-            pol.fail_mode,
+            call.policy.fail_mode,
             verdict.action,
-            extra={"error_code": code, "policy": name},
+            extra={"error_code": code, "policy": call.name},
         )
         self._metrics.errors.labels(code=code).inc()
-        self._record(verdict)
-        return verdict
+        return Screening(verdict, self._record(verdict, call.source), None)
 
-    def _on_overload(
-        self, exc: OverloadError, name: str, pol: PolicySettings, t0: float
-    ) -> Verdict:
+    def _on_overload(self, exc: OverloadError, call: _Call) -> Screening:
         self._metrics.errors.labels(code=exc.code).inc()
-        if pol.overload == "fail_mode":
-            return self._failure(exc, name, pol, t0)
+        if call.policy.overload == "fail_mode":
+            return self._failure(exc, call)
         raise exc
 
-    def _record(self, v: Verdict, text: str | None = None) -> None:
-        self.recorder.record(v, text)  # first: it snapshots the counters below per time bucket
+    def _record(self, v: Verdict, source: str, text: str | None = None) -> Record:
+        # First: the recorder snapshots the counters below per time bucket.
+        record = self.recorder.record(v, text, source=source)
         if not self.settings.log_text:
             text = None
         m = self._metrics
@@ -666,11 +710,43 @@ class Firewall:
                     **({"text": text[:200]} if text is not None else {}),
                 },
             )
+        return record
 
-    def describe(self) -> dict[str, Any]:
-        return {
-            "model": self.model.describe(),
-            "codebook": self.codebook.info(),
-            "levels": list(LEVELS),
-            "policies": sorted(self.settings.policies),
-        }
+    def status(self) -> FirewallStatus:
+        """A snapshot of this firewall: model, codebook, pool and verdict counts."""
+        try:
+            desc = self.model.describe()
+        except Exception:  # a remote backend that is down must not fail a health check
+            desc = {}
+        model = ModelStatus(**{f.name: desc.get(f.name) for f in fields(ModelStatus)})
+        if model.backend is None:
+            model = replace(model, backend=self.settings.model.backend)
+        p, stats = self.settings.pool, self.pool.stats()
+        pool = PoolStatus(
+            workers=p.workers,
+            max_batch_size=p.max_batch_size,
+            queue_size=p.queue_size,
+            queue_depth=self.pool.queue_depth(),
+            batches=stats.batches,
+            items=stats.items,
+            mean_batch_size=round(stats.mean_batch_size, 3),
+            max_batch_items=stats.max_batch_items,
+            rejected=stats.rejected,
+            failed_batches=stats.failed_batches,
+            replaced_workers=stats.replaced_workers,
+            cache_hits=self._cache_hits,
+        )
+        return FirewallStatus(
+            closed=self._closed,
+            codebook_id=self.codebook.id,
+            signals=tuple(self.codebook.signals),
+            levels=LEVELS,
+            default_policy=self.settings.default_policy,
+            policies=tuple(sorted(self.settings.policies)),
+            model=model,
+            pool=pool,
+            counts=self.recorder.totals(),
+            uptime_s=round(self.recorder.clock() - self.recorder.started, 1),
+            recent_capacity=self.recorder.capacity,
+            log_text=self.recorder.keep_text,
+        )

@@ -20,15 +20,13 @@ Windows are whole buckets, so "the last 5 minutes" means 5 minutes give or take 
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import math
 import os
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping
-from contextvars import ContextVar
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -72,36 +70,6 @@ class Record:
         if self.text is None:
             del d["text"]
         return d
-
-
-@dataclass
-class Capture:
-    """Set by :func:`capture` around one ``screen`` call: the record it produced and the text
-    the model read for the driving message (for the caller only; never stored)."""
-
-    source: str = "console"
-    record: Record | None = None
-    text: str | None = None
-
-
-_CAPTURE: ContextVar[Capture | None] = ContextVar("alknet_firewall_capture", default=None)
-
-
-@contextlib.contextmanager
-def capture(source: str = "console") -> Iterator[Capture]:
-    """Mark the verdicts recorded inside the block (in this task/thread) with ``source`` and
-    hand back the last one with its driving text::
-
-        with capture("console") as cap:
-            verdict = await firewall.ascreen(text)
-        cap.text  # what the model read
-    """
-    cap = Capture(source=source)
-    token = _CAPTURE.set(cap)
-    try:
-        yield cap
-    finally:
-        _CAPTURE.reset(token)
 
 
 def prometheus_values(metrics: Any) -> dict[str, float]:
@@ -240,16 +208,16 @@ class Recorder:
         data = text.encode("utf-8", "surrogatepass")
         return hashlib.blake2b(data, digest_size=16, key=self._salt).hexdigest()
 
-    def record(self, verdict: Any, text: str | None = None) -> Record:
-        """Record one verdict; ``text`` is the screened text that drove it (if any).
+    def record(self, verdict: Any, text: str | None = None, *, source: str = "traffic") -> Record:
+        """Record one verdict; ``text`` is the screened text that drove it (if any),
+        ``source`` where it came from (``Record.source``).
 
         Call it before the Prometheus counters move for this verdict, so that the snapshot
         opening a new time bucket does not contain the verdict that opened it."""
-        cap = _CAPTURE.get()
         now = self.clock()
         rec = Record(
             time=now,
-            source=cap.source if cap is not None else "traffic",
+            source=source,
             policy=verdict.policy,
             action=verdict.action,
             level=verdict.level,
@@ -262,8 +230,6 @@ class Recorder:
             error_code=verdict.error_code,
             text=text if self.keep_text else None,
         )
-        if cap is not None:
-            cap.record, cap.text = rec, text
         ms = max(rec.latency_ms, _LAT_MIN_MS)
         b = min(int(math.log(ms / _LAT_MIN_MS) / math.log(_LAT_RATIO)), _LAT_BINS - 1)
         key = self._key(now)
@@ -311,11 +277,15 @@ class Recorder:
         out["covered_s"] = round(min(seconds, now - self.started), 1)
         return out
 
+    def totals(self) -> dict[str, Any]:
+        """The counts since the process started (:func:`summarise_counts` of the counters)."""
+        return summarise_counts(prometheus_values(self.metrics))
+
     def stats(self) -> dict[str, Any]:
         """Every window of :data:`WINDOWS`, plus the totals since the process started."""
         out: dict[str, Any] = {name: self.window(s) for name, s in WINDOWS.items()}
-        out["total"] = summarise_counts(prometheus_values(self.metrics))
+        out["total"] = self.totals()
         return out
 
 
-__all__ = ["WINDOWS", "Capture", "Record", "Recorder", "capture", "prometheus_values"]
+__all__ = ["WINDOWS", "Record", "Recorder", "prometheus_values", "summarise_counts"]

@@ -91,9 +91,10 @@ def _start() -> Any:
     return _tracer.start_as_current_span(SCREEN_SPAN)
 
 
-def _finish(span: Any, verdict: Any) -> None:
+def _finish(span: Any, result: Any) -> None:
     if not span.is_recording():
         return
+    verdict = getattr(result, "verdict", result)  # a Firewall.Screening holds its verdict
     attrs = {
         "action": verdict.action,
         "level": verdict.level,
@@ -114,8 +115,8 @@ def _finish(span: Any, verdict: Any) -> None:
 
 def traced(fn: F) -> F:
     """Wrap a :class:`~alknet_firewall.Firewall` screening method (sync or async) that returns a
-    verdict in the ``alknet_firewall.screen`` span; an exception it raises is recorded on the
-    span and marks it as an error."""
+    verdict (or a ``Screening``, which holds one) in the ``alknet_firewall.screen`` span; an
+    exception it raises is recorded on the span and marks it as an error."""
     if inspect.iscoroutinefunction(fn):
 
         @functools.wraps(fn)

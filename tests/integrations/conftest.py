@@ -7,14 +7,10 @@ from typing import Any
 
 import pytest
 
-from tests.integration_helpers import acquire_firewall, release_firewall
+from tests.integration_helpers import shared_firewall
 
 
 @pytest.fixture(scope="module")
 def local() -> Iterator[Any]:
     """The session's shared real firewall (local backend), for comparing other backends."""
-    fw = acquire_firewall()
-    try:
-        yield fw
-    finally:
-        release_firewall()
+    yield from shared_firewall()

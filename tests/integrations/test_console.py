@@ -8,7 +8,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,8 @@ from alknet_firewall.errors import ModelError
 from alknet_firewall.firewall import Firewall
 from alknet_firewall.integrations.console import char_span, console_app, highlight
 from tests.fakes import FakeModel, fit_fake_codebook
+from tests.integration_helpers import wait_healthy
+from tests.serve_helpers import piped_output
 
 KEY = "console-admin-key-0123456789"
 AUTH = {"authorization": f"Bearer {KEY}"}
@@ -155,6 +156,7 @@ def test_screen_messages_and_bad_requests(client: TestClient) -> None:
         ({}, "bad_input"),
         ({"text": 5}, "bad_input"),
         ({"text": "a", "policy": "nope"}, "unknown_policy"),
+        ({"text": "a", "policy": 5}, "unknown_policy"),
         ({"messages": [{"content": "no role"}]}, "bad_input"),
     ):
         r = client.post("/api/screen", json=payload, headers=AUTH)
@@ -216,14 +218,6 @@ def test_char_span() -> None:
 # --------------------------------------------------------------------------------------------
 # The highlight on the real tokenizer (slow)
 # --------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def real_firewall() -> Iterator[Any]:
-    from tests.integration_helpers import acquire_firewall, release_firewall
-
-    yield acquire_firewall()
-    release_firewall()
-
-
 @pytest.mark.slow
 def test_highlight_maps_every_window_to_its_characters(real_firewall: Any) -> None:
     model = real_firewall.model
@@ -312,16 +306,7 @@ def gateway_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         )
         base = f"http://127.0.0.1:{port}"
         try:
-            deadline = time.monotonic() + 180
-            while True:
-                assert proc.poll() is None, proc.communicate()[0]
-                try:
-                    if httpx.get(base + "/healthz", timeout=2).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                assert time.monotonic() < deadline, "the gateway did not become healthy in 180 s"
-                time.sleep(0.2)
+            wait_healthy(proc, base + "/healthz", lambda: piped_output(proc), timeout=180)
             yield base
         finally:
             proc.send_signal(signal.SIGINT)

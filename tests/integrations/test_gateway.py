@@ -30,15 +30,16 @@ from tests.integration_helpers import (
     RATE_LIMITED,
     FakeFirewall,
     ServerThread,
-    acquire_firewall,
     body_property_test,
     check_clean_outcome,
     child_env,
     codebook_path,
     firewall_settings,
     free_port,
-    release_firewall,
+    shared_firewall,
+    wait_healthy,
 )
+from tests.serve_helpers import piped_output
 
 H = "x-alknet-firewall-"
 
@@ -154,9 +155,7 @@ class FakeUpstream:
 
 @pytest.fixture(scope="session")
 def firewall() -> Iterator[Any]:
-    fw = acquire_firewall()
-    yield fw
-    release_firewall()
+    yield from shared_firewall()
 
 
 @pytest.fixture(scope="module")
@@ -402,16 +401,7 @@ def test_serve_cli_subprocess(upstream: Any) -> None:
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert proc.poll() is None, proc.communicate()[0]
-            try:
-                if httpx.get(base + "/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "serve did not become healthy in 120 s"
-            time.sleep(0.2)
+        wait_healthy(proc, base + "/healthz", lambda: piped_output(proc), timeout=120)
         raw = _client(base).chat.completions.with_raw_response.create(
             model="gpt-test", messages=_messages(BENIGN)
         )

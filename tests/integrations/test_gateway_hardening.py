@@ -32,7 +32,7 @@ from alknet_firewall.errors import ConfigurationError
 from alknet_firewall.integrations.auth import KeySet, bearer_token, hash_key
 from alknet_firewall.integrations.gateway import check_exposure
 from tests.integration_helpers import BENIGN, COMPLETION, ServerThread, free_port
-from tests.serve_helpers import Serve
+from tests.serve_helpers import Serve, trickle
 
 UPSTREAM_KEY = "sk-upstream-0123456789abcdef"
 KEY_RAW = "gw-client-key-raw-0123456789"  # configured as itself
@@ -303,33 +303,8 @@ def test_client_sending_a_byte_a_second_gets_408(keyed: Serve) -> None:
         f"authorization: Bearer {KEY_RAW}\r\n"
         f"content-type: application/json\r\ncontent-length: {len(body)}\r\n\r\n"
     ).encode()
-    with socket.create_connection(("127.0.0.1", keyed.port), timeout=10) as sock:
-        sock.sendall(head)
-        sock.settimeout(1.0)
-        reply = b""
-        for i in range(15):  # at most 15 bytes, 15 s
-            try:
-                sock.sendall(body[i : i + 1])
-            except OSError:
-                break
-            try:
-                data = sock.recv(65536)
-            except TimeoutError:
-                continue
-            except OSError:
-                break
-            if not data:
-                break
-            reply += data
-            if b"}}" in reply:
-                break
-        # After the 408 the server closes the connection.
-        sock.settimeout(5)
-        try:
-            while chunk := sock.recv(65536):
-                reply += chunk
-        except OSError:
-            pass
+    # At most 15 bytes, 15 s; after the 408 the server closes the connection.
+    reply = trickle(keyed.port, head, body[:15], drain=True)
     status, _, rest = reply.partition(b"\r\n")
     assert status.startswith(b"HTTP/1.1 408"), reply
     assert json.loads(rest.partition(b"\r\n\r\n")[2])["error"]["code"] == "request_timeout"

@@ -232,7 +232,7 @@ def test_config_model_lists_every_guardrail_parameter() -> None:
         for name, p in inspect.signature(AlknetFirewallGuardrail.__init__).parameters.items()
         if p.kind is inspect.Parameter.KEYWORD_ONLY
     }
-    assert params == set(integ.AlknetGuardrailConfigModel.model_fields)
+    assert params == set(integ.AlknetGuardrailParams.model_fields)
     ui = _get_fields_from_model(model)
     assert params <= set(ui)
     assert all(ui[name]["description"] for name in params)

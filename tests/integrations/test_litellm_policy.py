@@ -21,7 +21,7 @@ import pytest
 from alknet_firewall.errors import BadInputError, ConfigurationError, ModelNotFoundError
 from alknet_firewall.integrations.litellm import _shared
 from alknet_firewall.integrations.litellm.policy import select_policy
-from alknet_firewall.integrations.litellm.settings import AlknetGuardrailConfigModel, build_settings
+from alknet_firewall.integrations.litellm.settings import AlknetGuardrailParams, build_settings
 from alknet_firewall.integrations.litellm.subjects import request_subject, response_text
 
 REPO = Path(__file__).resolve().parents[2]
@@ -41,10 +41,10 @@ def test_policy_settings_and_cache_import_without_litellm() -> None:
         sys.modules["litellm"] = None  # any 'import litellm' now raises ImportError
         from alknet_firewall.integrations.litellm import build_settings, get_firewall
         from alknet_firewall.integrations.litellm.policy import select_policy
-        from alknet_firewall.integrations.litellm.settings import AlknetGuardrailConfigModel
+        from alknet_firewall.integrations.litellm.settings import AlknetGuardrailParams
         from alknet_firewall.integrations.litellm.subjects import request_subject
         assert select_policy(None, {}, default_policy="default") == ("default", "default")
-        assert AlknetGuardrailConfigModel().metadata_key == "alknet_policy"
+        assert AlknetGuardrailParams().metadata_key == "alknet_policy"
         try:
             from alknet_firewall.integrations.litellm import AlknetFirewallGuardrail
         except ImportError:
@@ -135,7 +135,7 @@ def documented_keys() -> set[str]:
 
 
 def test_every_config_field_is_described_and_documented() -> None:
-    fields = AlknetGuardrailConfigModel.model_fields
+    fields = AlknetGuardrailParams.model_fields
     assert all(f.description for f in fields.values()), "a field has no description"
     documented = documented_keys()
     assert set(fields) - documented == set(), "fields missing from docs/integrations/litellm.md"
@@ -143,7 +143,7 @@ def test_every_config_field_is_described_and_documented() -> None:
 
 
 def test_config_model_defaults_are_the_guardrails() -> None:
-    model = AlknetGuardrailConfigModel()
+    model = AlknetGuardrailParams()
     assert model.metadata_key == "alknet_policy"
     assert model.response_headers is True
     assert model.request_policies is None and model.fail_mode is None

@@ -4,7 +4,6 @@ cross-site browser requests and trusted proxies, against real ``serve`` processe
 from __future__ import annotations
 
 import json
-import socket
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -14,7 +13,7 @@ import pytest
 
 from tests.integration_helpers import ATTACK, BENIGN
 from tests.security.conftest import APP_ORIGIN, BODY_TIMEOUT_S, CLIENT_KEY, auth
-from tests.serve_helpers import Serve, raw_http, rss_mb
+from tests.serve_helpers import Serve, raw_http, rss_mb, trickle
 
 
 def _chat(content: str = BENIGN) -> bytes:
@@ -78,24 +77,8 @@ def test_trickled_body_gets_408_on_every_route(keyed: Serve, method: str, path: 
         f"{method} {path} HTTP/1.1\r\nhost: 127.0.0.1\r\nauthorization: Bearer {CLIENT_KEY}\r\n"
         "content-type: application/x-www-form-urlencoded\r\ncontent-length: 100\r\n\r\n"
     ).encode()
-    reply = b""
     t0 = time.monotonic()
-    with socket.create_connection(("127.0.0.1", keyed.port), timeout=10) as sock:
-        sock.sendall(head + b"key=")
-        sock.settimeout(1.0)
-        for _ in range(12):  # one byte a second, at most 12 s
-            try:
-                sock.sendall(b"x")
-                data = sock.recv(65536)
-            except TimeoutError:
-                continue
-            except OSError:
-                break
-            if not data:
-                break
-            reply += data
-            if b"}}" in reply:
-                break
+    reply = trickle(keyed.port, head + b"key=", b"x" * 12)  # one byte a second, at most 12 s
     assert reply.startswith(b"HTTP/1.1 408"), reply[:200]
     assert time.monotonic() - t0 < BODY_TIMEOUT_S + 5
 

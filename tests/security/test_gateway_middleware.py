@@ -22,10 +22,10 @@ from tests.integration_helpers import (
     ATTACK,
     BENIGN,
     ServerThread,
-    acquire_firewall,
     child_env,
     codebook_path,
     free_port,
+    shared_firewall,
 )
 
 ROOT = Path(__file__).parents[2]
@@ -33,13 +33,7 @@ ROOT = Path(__file__).parents[2]
 
 @pytest.fixture(scope="module")
 def firewall() -> Iterator[Any]:
-    fw = acquire_firewall()
-    try:
-        yield fw
-    finally:
-        from tests.integration_helpers import release_firewall
-
-        release_firewall()
+    yield from shared_firewall()
 
 
 @pytest.mark.slow

@@ -38,7 +38,7 @@ from . import openai_errors
 if TYPE_CHECKING:  # pragma: no cover
     from ..firewall import Verdict
 
-log = logging.getLogger("alknet_firewall.asgi")
+log = logging.getLogger(__name__)
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]

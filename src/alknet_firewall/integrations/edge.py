@@ -37,7 +37,7 @@ from ..errors import ConfigurationError
 from . import openai_errors
 from .asgi import _is_json, receive_body, refuse, send_body_failure
 
-log = logging.getLogger("alknet_firewall.edge")
+log = logging.getLogger(__name__)
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]

@@ -1,8 +1,8 @@
 """OpenAI-compatible screening gateway: screen first, then forward to the upstream API.
 
-Size (~540 lines): the app factory with its routes, upstream forwarding (streaming included),
-health/metrics and the ``serve`` command; auth, error bodies and serving live in their own
-modules already.
+Size (~590 lines): the :class:`Gateway` (settings checks, routes, middleware order, lifespan,
+upstream forwarding with streaming, health/metrics) and the ``serve`` command; auth, error
+bodies, the edge and serving live in their own modules.
 
 ``alknet-firewall serve --upstream https://api.openai.com/v1`` runs :func:`create_app` on
 uvicorn (``127.0.0.1:8080`` by default). Point any OpenAI client at ``http://HOST:PORT/v1``.
@@ -33,11 +33,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import logging
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
+from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlsplit
 
@@ -50,13 +52,17 @@ from .edge import Edge, default_allowed_hosts, is_loopback
 if TYPE_CHECKING:  # pragma: no cover
     import httpx
     from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import Response
 
     from ..config import Settings
-    from ..firewall import Firewall
+    from ..firewall import Firewall, FirewallStatus
 
 __all__ = [
     "SCREENED",
     "STATE_HTTP",
+    "Gateway",
+    "UpstreamResponse",
     "add_serve_command",
     "check_exposure",
     "check_upstream",
@@ -65,7 +71,7 @@ __all__ = [
 ]
 
 
-log = logging.getLogger("alknet_firewall.gateway")
+log = logging.getLogger(__name__)
 
 #: Lifespan-state key of the shared ``httpx.AsyncClient``.
 STATE_HTTP = "alknet_firewall_http"
@@ -139,6 +145,247 @@ def _metrics() -> tuple[Any, Any]:
 # --------------------------------------------------------------------------------------------
 # The app
 # --------------------------------------------------------------------------------------------
+class Gateway:
+    """The gateway: its settings, the firewall and HTTP client it serves with, its endpoints.
+
+    :func:`create_app` builds its Starlette app (:meth:`app`); the arguments are that
+    function's. Settings are checked here, so a bad configuration fails before serving.
+    """
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        firewall: Firewall | None = None,
+        *,
+        http_client: httpx.AsyncClient | None = None,
+        policy: str | PolicyResolver | None = None,
+        policy_header: str | None = None,
+    ) -> None:
+        from ..config import coerce_settings
+
+        self.settings = coerce_settings(settings)
+        server = self.server = self.settings.server
+        self.upstream = check_upstream(server.upstream)
+        self.firewall = firewall
+        self.http_client = http_client
+        self.policy = policy
+        self.policy_header = policy_header
+        drop = set(_DROP_REQUEST)
+        if policy_header:
+            drop.add(policy_header.lower())
+        if server.upstream_api_key:
+            drop.add("authorization")
+        self.drop_request = frozenset(drop)
+        self.keys = client_keys(server)
+        if self.keys and not server.upstream_api_key:
+            raise ConfigurationError(
+                "server.client_keys need server.upstream_api_key: without it the gateway passes "
+                "the client's own Authorization upstream (passthrough mode), so it cannot also "
+                "be a gateway key"
+            )
+        auth = server.metrics_auth
+        self.metrics_auth = bool(self.keys) if auth is None else auth
+        if self.metrics_auth and not self.keys:
+            raise ConfigurationError("server.metrics_auth needs server.client_keys")
+        if server.upstream_api_key and not self.keys:
+            log.warning(
+                "no server.client_keys: whoever reaches the gateway spends server.upstream_api_key"
+            )
+        self.requests_total, self.upstream_seconds = _metrics()
+
+    # -- the app -------------------------------------------------------------------------------
+    def app(self) -> Starlette:
+        from starlette.applications import Starlette
+
+        return Starlette(routes=self.routes(), middleware=self.middleware(), lifespan=self.lifespan)
+
+    def routes(self) -> list[Any]:
+        from starlette.routing import Mount, Route
+
+        from .console import gateway_console
+
+        forward = self.forward
+        routes = [
+            Route("/v1" + s, functools.partial(forward, s), methods=["POST"]) for s in SCREENED
+        ]
+        routes += [
+            Route("/v1/models", functools.partial(forward, "/models"), methods=["GET"]),
+            Route("/v1/models/{model}", self.model, methods=["GET"]),
+            Route("/healthz", self.healthz, methods=["GET"]),
+        ]
+        if self.server.metrics_port is None:  # otherwise on its own listener (cmd_serve)
+            routes.append(Route("/metrics", self.metrics, methods=["GET"]))
+        # Operator console (docs/console.md): admin keys; with no keys at all, loopback only.
+        routes.append(Mount("/console", app=gateway_console(self.server, self.firewall)))
+        return routes
+
+    def middleware(self) -> list[Any]:
+        """Outermost first: the edge (hosts, origins, paths, bodies), CORS, client keys (before
+        any body is read or screened), then screening."""
+        from starlette.middleware import Middleware
+
+        server = self.server
+        screened = ["/v1" + s for s in SCREENED]
+        hosts = default_allowed_hosts(server.host, server.allowed_hosts)
+        if hosts is None and server.allowed_hosts is None:
+            log.warning(
+                "bound to %s with no server.allowed_hosts: every Host name is answered; list "
+                "the gateway's own names there (DNS rebinding)",
+                server.host,
+            )
+        discard = server.discard_body_bytes
+        middleware = [
+            Middleware(
+                Edge,  # type: ignore[arg-type]
+                allowed_hosts=hosts,
+                cors_origins=server.cors_origins,
+                trusted_proxies=server.trusted_proxies,
+                json_paths=screened,
+                json_only=["/console/api/screen"],
+                max_body_bytes=server.max_body_bytes,
+                discard_bytes=4 * server.max_body_bytes if discard is None else discard,
+                body_timeout_s=server.body_timeout_s,
+            )
+        ]
+        if server.cors_origins:
+            from starlette.middleware.cors import CORSMiddleware
+
+            middleware.append(
+                Middleware(
+                    CORSMiddleware,  # type: ignore[arg-type]
+                    allow_origins=list(server.cors_origins),
+                    allow_methods=["GET", "POST"],
+                    allow_headers=["authorization", "content-type"],
+                    expose_headers=["x-alknet-firewall-action", "x-alknet-firewall-level"],
+                )
+            )
+        if self.keys:
+            middleware.append(
+                Middleware(
+                    RequireKey,  # type: ignore[arg-type]
+                    keys=self.keys,
+                    protect=self.needs_key,
+                    body_timeout_s=server.body_timeout_s,
+                    # An unauthenticated client may cost what an authenticated one may send.
+                    discard_bytes=server.max_body_bytes,
+                )
+            )
+        middleware.append(
+            Middleware(
+                FirewallMiddleware,  # type: ignore[arg-type]
+                firewall=self.firewall,  # None: the lifespan's, from scope["state"]
+                paths=screened,
+                policy=self.policy,
+                policy_header=self.policy_header,
+                block_status=server.block_status,
+                max_body_bytes=server.max_body_bytes,
+                on_invalid_json="reject",
+                # The upstream may parse any body as JSON: never forward one unscreened.
+                on_non_json="reject",
+                discard_bytes=server.discard_body_bytes,
+                body_timeout_s=server.body_timeout_s,
+            )
+        )
+        return middleware
+
+    def needs_key(self, scope: Any) -> bool:
+        """Which requests need a client key: the API, and ``/metrics`` with ``metrics_auth``.
+        (The console checks its own admin keys.)"""
+        path = scope.get("path", "")
+        return path.startswith("/v1/") or (self.metrics_auth and path == "/metrics")
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, app: Starlette) -> AsyncIterator[dict[str, Any]]:
+        """Builds what was not passed in (firewall, HTTP client) and closes it on shutdown."""
+        import anyio
+        import httpx
+
+        fw = self.firewall
+        if fw is None:
+            from ..firewall import Firewall
+
+            fw = await anyio.to_thread.run_sync(Firewall, self.settings)
+        client = self.http_client or httpx.AsyncClient(
+            timeout=httpx.Timeout(self.server.upstream_timeout_s),
+            limits=httpx.Limits(max_connections=256, max_keepalive_connections=64),
+            follow_redirects=False,
+        )
+        try:
+            yield {STATE_FIREWALL: fw, STATE_HTTP: client}
+        finally:
+            with anyio.CancelScope(shield=True):
+                if self.http_client is None:
+                    await client.aclose()
+                if self.firewall is None:
+                    await anyio.to_thread.run_sync(fw.close)
+
+    # -- endpoints -----------------------------------------------------------------------------
+    async def model(self, request: Request) -> Response | UpstreamResponse:
+        """``/v1/models/{id}``: the decoded id as ONE escaped segment (never '/', '.', '..')."""
+        model = request.path_params["model"]
+        if model in ("", ".", "..") or "/" in model:
+            return _error(openai_errors.invalid_path())
+        return await self.forward("/models/" + quote(model, safe=""), request)
+
+    async def forward(self, path: str, request: Request) -> Response | UpstreamResponse:
+        """Send the request to the upstream's ``path``; its response comes back streamed."""
+        import httpx
+
+        client: httpx.AsyncClient = request.scope["state"][STATE_HTTP]
+        api_key, timeout_s = self.server.upstream_api_key, self.server.upstream_timeout_s
+        url = self.upstream + path
+        query = request.scope.get("query_string", b"")
+        if query:
+            url += "?" + query.decode("latin-1")
+        headers = [
+            (k, v) for k, v in request.headers.raw if k.decode("latin-1") not in self.drop_request
+        ]
+        # Raw bytes go back as they come: ask only for what the client accepts.
+        encoding = request.headers.get("accept-encoding", "identity")
+        headers.append((b"accept-encoding", encoding.encode("latin-1")))
+        if api_key:
+            headers.append((b"authorization", f"Bearer {api_key}".encode("latin-1")))
+        # Only the screened POSTs carry a body; a GET's was dropped at the edge.
+        body = await request.body() if request.method == "POST" else b""
+        req = client.build_request(
+            request.method, url, headers=headers, content=body if body else None
+        )
+        t0 = time.perf_counter()
+        try:
+            resp = await client.send(req, stream=True)
+        except httpx.TimeoutException:
+            log.warning("upstream timeout after %.1fs: %s %s", timeout_s, request.method, path)
+            self.requests_total.labels(outcome="timeout").inc()
+            return _error(openai_errors.upstream_timeout(timeout_s))
+        except httpx.HTTPError as exc:
+            log.warning("upstream unreachable (%s): %s", type(exc).__name__, exc)
+            self.requests_total.labels(outcome="unreachable").inc()
+            return _error(openai_errors.upstream_unreachable(type(exc).__name__))
+        self.upstream_seconds.observe(time.perf_counter() - t0)
+        self.requests_total.labels(outcome=f"{resp.status_code // 100}xx").inc()
+        return UpstreamResponse(resp)
+
+    async def healthz(self, request: Request) -> Response:
+        from starlette.responses import JSONResponse
+
+        return JSONResponse(*health(self._firewall(request).status()))
+
+    async def metrics(self, request: Request) -> Response:
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+        from starlette.responses import Response
+
+        from .. import metrics as fw_metrics
+
+        status = self._firewall(request).status()
+        fw_metrics.get().queue_depth.set(status.pool.queue_depth)
+        return Response(generate_latest(), headers={"content-type": CONTENT_TYPE_LATEST})
+
+    @staticmethod
+    def _firewall(request: Request) -> Firewall:
+        fw: Firewall = request.scope["state"][STATE_FIREWALL]
+        return fw
+
+
 def create_app(
     settings: Settings | None = None,
     firewall: Firewall | None = None,
@@ -147,7 +394,7 @@ def create_app(
     policy: str | PolicyResolver | None = None,
     policy_header: str | None = None,
 ) -> Starlette:
-    """The gateway as a Starlette app.
+    """The gateway as a Starlette app (:class:`Gateway`).
 
     :param settings: uses ``settings.server`` (upstream, key, timeout, body limit, block status)
         and, when ``firewall`` is None, builds the firewall from them at start-up.
@@ -157,246 +404,51 @@ def create_app(
     :param policy, policy_header: per-request policy choice, as in
         :class:`~alknet_firewall.integrations.asgi.FirewallMiddleware`.
     """
-    import anyio
-    import httpx
-    from starlette.applications import Starlette
-    from starlette.middleware import Middleware
-    from starlette.requests import Request
-    from starlette.responses import JSONResponse, Response, StreamingResponse
-    from starlette.routing import Mount, Route
+    gateway = Gateway(
+        settings, firewall, http_client=http_client, policy=policy, policy_header=policy_header
+    )
+    return gateway.app()
 
-    from ..config import coerce_settings
 
-    settings = coerce_settings(settings)
-    server = settings.server
-    upstream = check_upstream(server.upstream)
-    api_key = server.upstream_api_key
-    timeout_s = server.upstream_timeout_s
-    drop_request = set(_DROP_REQUEST)
-    if policy_header:
-        drop_request.add(policy_header.lower())
-    if api_key:
-        drop_request.add("authorization")
-    requests_total, upstream_seconds = _metrics()
-    keys = client_keys(server)
-    if keys and not api_key:
-        raise ConfigurationError(
-            "server.client_keys need server.upstream_api_key: without it the gateway passes "
-            "the client's own Authorization upstream (passthrough mode), so it cannot also be "
-            "a gateway key"
-        )
-    metrics_auth = bool(keys) if server.metrics_auth is None else server.metrics_auth
-    if metrics_auth and not keys:
-        raise ConfigurationError("server.metrics_auth needs server.client_keys")
-    if api_key and not keys:
-        log.warning(
-            "no server.client_keys: whoever reaches the gateway spends server.upstream_api_key"
-        )
+def _error(reply: openai_errors.ErrorReply) -> Response:
+    from starlette.responses import Response
 
-    @contextlib.asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
-        fw = firewall
-        if fw is None:
-            from ..firewall import Firewall
+    return Response(reply.content(), reply.status, reply.headers, "application/json")
 
-            fw = await anyio.to_thread.run_sync(Firewall, settings)
-        client = http_client or httpx.AsyncClient(
-            timeout=httpx.Timeout(timeout_s),
-            limits=httpx.Limits(max_connections=256, max_keepalive_connections=64),
-            follow_redirects=False,
-        )
+
+class UpstreamResponse:
+    """The upstream's response as an ASGI response, streamed as raw bytes; the upstream stream
+    is closed when the response ends for any reason (finished, client disconnected, server
+    shutting down)."""
+
+    def __init__(self, upstream: httpx.Response) -> None:
+        self.upstream = upstream
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        import anyio
+        from starlette.responses import StreamingResponse
+
+        resp = self.upstream
+        out = StreamingResponse(self._raw(), status_code=resp.status_code)
+        out.raw_headers = [
+            (k.lower(), v) for k, v in resp.headers.raw if k.lower().decode() not in _DROP_RESPONSE
+        ]
         try:
-            yield {STATE_FIREWALL: fw, STATE_HTTP: client}
+            await out(scope, receive, send)
         finally:
             with anyio.CancelScope(shield=True):
-                if http_client is None:
-                    await client.aclose()
-                if firewall is None:
-                    await anyio.to_thread.run_sync(fw.close)
+                await resp.aclose()
 
-    class UpstreamResponse(StreamingResponse):
-        """The upstream's response, streamed as raw bytes; closes the upstream stream when the
-        response ends for any reason (finished, client disconnected, server shutting down)."""
+    async def _raw(self) -> AsyncIterator[bytes]:
+        import httpx
 
-        def __init__(self, resp: httpx.Response) -> None:
-            super().__init__(_raw(resp), status_code=resp.status_code)
-            self.raw_headers = [
-                (k.lower(), v)
-                for k, v in resp.headers.raw
-                if k.lower().decode() not in _DROP_RESPONSE
-            ]
-            self.upstream = resp
-
-        async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-            try:
-                await super().__call__(scope, receive, send)
-            finally:
-                with anyio.CancelScope(shield=True):
-                    await self.upstream.aclose()
-
-    async def _raw(resp: httpx.Response) -> AsyncIterator[bytes]:
         try:
-            async for chunk in resp.aiter_raw():
+            async for chunk in self.upstream.aiter_raw():
                 yield chunk
         except httpx.HTTPError as exc:
             # Headers are out; the only honest signal left is an aborted response.
             log.warning("upstream failed mid-response (%s): %s", type(exc).__name__, exc)
             raise
-
-    def _error(reply: openai_errors.ErrorReply) -> Response:
-        return Response(reply.content(), reply.status, reply.headers, "application/json")
-
-    def proxy(suffix: str | None = None) -> Callable[[Request], Any]:
-        async def endpoint(request: Request) -> Response:
-            client: httpx.AsyncClient = getattr(request.state, STATE_HTTP)
-            if suffix is not None:
-                path = suffix
-            else:  # /models/{id}: the decoded id as ONE escaped segment (never '/', '.', '..')
-                model = request.path_params["model"]
-                if model in ("", ".", "..") or "/" in model:
-                    return _error(openai_errors.invalid_path())
-                path = "/models/" + quote(model, safe="")
-            url = upstream + path
-            query = request.scope.get("query_string", b"")
-            if query:
-                url += "?" + query.decode("latin-1")
-            headers = [
-                (k, v) for k, v in request.headers.raw if k.decode("latin-1") not in drop_request
-            ]
-            # Raw bytes go back as they come: ask only for what the client accepts.
-            encoding = request.headers.get("accept-encoding", "identity")
-            headers.append((b"accept-encoding", encoding.encode("latin-1")))
-            if api_key:
-                headers.append((b"authorization", f"Bearer {api_key}".encode("latin-1")))
-            # Only the screened POSTs carry a body; a GET's was dropped at the edge.
-            body = await request.body() if request.method == "POST" else b""
-            req = client.build_request(
-                request.method, url, headers=headers, content=body if body else None
-            )
-            t0 = time.perf_counter()
-            try:
-                resp = await client.send(req, stream=True)
-            except httpx.TimeoutException:
-                log.warning("upstream timeout after %.1fs: %s %s", timeout_s, request.method, path)
-                requests_total.labels(outcome="timeout").inc()
-                return _error(openai_errors.upstream_timeout(timeout_s))
-            except httpx.HTTPError as exc:
-                log.warning("upstream unreachable (%s): %s", type(exc).__name__, exc)
-                requests_total.labels(outcome="unreachable").inc()
-                return _error(openai_errors.upstream_unreachable(type(exc).__name__))
-            upstream_seconds.observe(time.perf_counter() - t0)
-            requests_total.labels(outcome=f"{resp.status_code // 100}xx").inc()
-            return UpstreamResponse(resp)
-
-        return endpoint
-
-    async def healthz(request: Request) -> Response:
-        fw = getattr(request.state, STATE_FIREWALL)
-        closed = bool(getattr(fw, "closed", False))
-        codebook = getattr(getattr(fw, "codebook", None), "id", None)
-        pool = getattr(fw, "pool", None)
-        depth = pool.queue_depth() if pool is not None else 0
-        return JSONResponse(
-            {
-                "status": "closed" if closed else "ok",
-                "codebook": codebook,
-                "queue_depth": depth,
-                "model": _model_brief(fw),
-            },
-            status_code=503 if closed else 200,
-        )
-
-    async def metrics(request: Request) -> Response:
-        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-
-        from .. import metrics as fw_metrics
-
-        pool = getattr(getattr(request.state, STATE_FIREWALL), "pool", None)
-        if pool is not None:
-            fw_metrics.get().queue_depth.set(pool.queue_depth())
-        return Response(generate_latest(), headers={"content-type": CONTENT_TYPE_LATEST})
-
-    routes = [Route("/v1" + s, proxy(s), methods=["POST"]) for s in SCREENED]
-    routes += [
-        Route("/v1/models", proxy("/models"), methods=["GET"]),
-        Route("/v1/models/{model}", proxy(None), methods=["GET"]),
-        Route("/healthz", healthz, methods=["GET"]),
-    ]
-    if server.metrics_port is None:  # otherwise served on its own listener (cmd_serve)
-        routes.append(Route("/metrics", metrics, methods=["GET"]))
-    # Operator console (docs/console.md): admin keys; with no keys at all, loopback only.
-    from .console import gateway_console
-
-    routes.append(Mount("/console", app=gateway_console(server, firewall)))
-    middleware = []
-    if keys:
-
-        def protected(scope: Any) -> bool:
-            path = scope.get("path", "")
-            return path.startswith("/v1/") or (metrics_auth and path == "/metrics")
-
-        middleware.append(
-            Middleware(
-                RequireKey,  # type: ignore[arg-type]
-                keys=keys,
-                protect=protected,
-                body_timeout_s=server.body_timeout_s,
-                # An unauthenticated client may cost what an authenticated one may send.
-                discard_bytes=server.max_body_bytes,
-            )
-        )
-    middleware += [
-        Middleware(
-            FirewallMiddleware,  # type: ignore[arg-type]
-            firewall=firewall,  # None: the lifespan's, from scope["state"]
-            paths=["/v1" + s for s in SCREENED],
-            policy=policy,
-            policy_header=policy_header,
-            block_status=server.block_status,
-            max_body_bytes=server.max_body_bytes,
-            on_invalid_json="reject",
-            # The upstream may parse any body as JSON: never forward one unscreened.
-            on_non_json="reject",
-            discard_bytes=server.discard_body_bytes,
-            body_timeout_s=server.body_timeout_s,
-        )
-    ]
-    discard = server.discard_body_bytes
-    hosts = default_allowed_hosts(server.host, server.allowed_hosts)
-    if hosts is None and server.allowed_hosts is None:
-        log.warning(
-            "bound to %s with no server.allowed_hosts: every Host name is answered; list the "
-            "gateway's own names there (DNS rebinding)",
-            server.host,
-        )
-    if server.cors_origins:
-        from starlette.middleware.cors import CORSMiddleware
-
-        middleware.insert(
-            0,
-            Middleware(
-                CORSMiddleware,  # type: ignore[arg-type]
-                allow_origins=list(server.cors_origins),
-                allow_methods=["GET", "POST"],
-                allow_headers=["authorization", "content-type"],
-                expose_headers=["x-alknet-firewall-action", "x-alknet-firewall-level"],
-            ),
-        )
-    middleware.insert(
-        0,
-        Middleware(
-            Edge,  # type: ignore[arg-type]
-            allowed_hosts=hosts,
-            cors_origins=server.cors_origins,
-            trusted_proxies=server.trusted_proxies,
-            json_paths=["/v1" + s for s in SCREENED],
-            json_only=["/console/api/screen"],
-            max_body_bytes=server.max_body_bytes,
-            discard_bytes=4 * server.max_body_bytes if discard is None else discard,
-            body_timeout_s=server.body_timeout_s,
-        ),
-    )
-    return Starlette(routes=routes, middleware=middleware, lifespan=lifespan)
 
 
 # --------------------------------------------------------------------------------------------
@@ -441,15 +493,12 @@ def _serve_settings(args: argparse.Namespace) -> Settings:
 
     from ..config import load_settings
 
-    settings = load_settings(getattr(args, "config", None))
-    server = {
-        k: getattr(args, k)
-        for k in ("upstream", "host", "port")
-        if getattr(args, k, None) is not None
-    }
+    given = vars(args)  # --config is absent unless given after 'serve' (SUPPRESS)
+    settings = load_settings(given.get("config"))
+    server = {k: given[k] for k in ("upstream", "host", "port") if given.get(k) is not None}
     update: dict[str, Any] = {"server": server}
-    if getattr(args, "codebook", None):
-        update["detection"] = {"codebook": Path(args.codebook)}
+    if given.get("codebook"):
+        update["detection"] = {"codebook": Path(given["codebook"])}
     settings = settings.merged(**update)
     check_upstream(settings.server.upstream)
     check_exposure(settings.server)
@@ -477,16 +526,14 @@ def _mode(server: Any) -> str:
     return f"{n} client key(s)" if n else "anonymous: no client keys"
 
 
-def _start_metrics(server: Any, fw: Any) -> Any:
+def _start_metrics(server: Any, fw: Firewall) -> Any:
     """``/metrics`` on its own listener (``server.metrics_port``): a prometheus_client thread."""
     from prometheus_client import start_http_server
 
     from .. import metrics as fw_metrics
 
     _metrics()  # register the gateway's own metrics
-    pool = getattr(fw, "pool", None)
-    if pool is not None:
-        fw_metrics.get().queue_depth.set_function(pool.queue_depth)
+    fw_metrics.get().queue_depth.set_function(fw.pool.queue_depth)
     started = start_http_server(server.metrics_port, addr=server.metrics_host)
     return started[0] if isinstance(started, tuple) else None
 
@@ -528,11 +575,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return code
 
 
-def _model_brief(fw: Any) -> dict[str, Any]:
-    """What runs the model (``/healthz``): backend, dtype and why, device."""
-    try:
-        info = fw.model.describe()
-    except Exception:  # a remote backend that is down must not fail the health check
-        return {}
-    keys = ("backend", "dtype", "dtype_reason", "device")
-    return {k: info[k] for k in keys if k in info}
+def health(status: FirewallStatus) -> tuple[dict[str, Any], int]:
+    """``/healthz``: its body and status (503 once the firewall is closed). ``model``: what runs
+    it (backend, dtype and why, device)."""
+    model = asdict(status.model)
+    body = {
+        "status": "closed" if status.closed else "ok",
+        "codebook": status.codebook_id,
+        "queue_depth": status.pool.queue_depth,
+        "model": {k: model[k] for k in _HEALTH_MODEL if model[k] is not None},
+    }
+    return body, 503 if status.closed else 200
+
+
+_HEALTH_MODEL = ("backend", "dtype", "dtype_reason", "device")

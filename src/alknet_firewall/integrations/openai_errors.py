@@ -84,7 +84,7 @@ __all__ = [
 ]
 
 
-log = logging.getLogger("alknet_firewall.errors")
+log = logging.getLogger(__name__)
 
 ASGISend = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
@@ -325,15 +325,16 @@ def upstream_timeout(timeout_s: float) -> ErrorReply:
     return ErrorReply(504, body)
 
 
-def unauthorized() -> ErrorReply:
+_NEED_KEY = (
+    "Missing or invalid API key for this gateway: send 'Authorization: Bearer <key>' with a key "
+    "the gateway's operator gave you."
+)
+
+
+def unauthorized(message: str = _NEED_KEY, realm: str = "alknet-firewall") -> ErrorReply:
     """401 as OpenAI answers a missing or wrong key (the key itself is never echoed)."""
-    body = error_body(
-        "Missing or invalid API key for this gateway: send 'Authorization: Bearer <key>' "
-        "with a key the gateway's operator gave you.",
-        type=INVALID_REQUEST,
-        code="invalid_api_key",
-    )
-    return ErrorReply(401, body, {"www-authenticate": 'Bearer realm="alknet-firewall"'})
+    body = error_body(message, type=INVALID_REQUEST, code="invalid_api_key")
+    return ErrorReply(401, body, {"www-authenticate": f'Bearer realm="{realm}"'})
 
 
 def request_timeout(timeout_s: float) -> ErrorReply:

@@ -28,7 +28,7 @@ from typing import Any
 
 from . import openai_errors
 
-log = logging.getLogger("alknet_firewall.serving")
+log = logging.getLogger(__name__)
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]

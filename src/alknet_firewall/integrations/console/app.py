@@ -1,7 +1,8 @@
 """The console as a Starlette app: one HTML page, its static files and a small JSON API.
 
-Size (~460 lines): the routes, their auth (sessions, cookies) and the JSON payloads they
-share; the page itself and the highlighting are separate files.
+Size (~540 lines): the :class:`Console` (its routes, authentication once per request by
+Starlette's ``AuthenticationMiddleware`` with sessions and cookies, guarded endpoints) and the
+JSON payloads they share; the page itself and the highlighting are separate files.
 
 Routes (relative to where the app is mounted):
 
@@ -12,16 +13,18 @@ Routes (relative to where the app is mounted):
 * ``GET  /api/stats``      live figures (:func:`stats`);
 * ``GET  /api/recent``     ``?limit=N`` newest verdicts, never their text unless ``log_text``;
 * ``POST /api/screen``     ``{"text": "..."} | {"messages": [...]}, "policy"?`` → the verdict
-  and the highlighted span, through ``await firewall.ascreen`` like any request (recorded with
-  ``source: "console"``).
+  and the highlighted span, through ``await firewall.ascreen_recorded`` like any request
+  (recorded with ``source: "console"``).
 
-With an ``authorize`` callable every route but the static files needs either a header the
-callable accepts (``Authorization: Bearer <key>`` for scripts) or the session cookie the login
-form sets (browsers); otherwise 401 (the page answers with a key form).
+With an ``authorize`` callable every route but the static files and login/logout needs the
+:data:`ADMIN` scope: a header the callable accepts (``Authorization: Bearer <key>`` for
+scripts) or the session cookie the login form sets (browsers); otherwise 401 (the page answers
+with a key form).
 """
 
 from __future__ import annotations
 
+import functools
 import inspect
 import json
 import secrets
@@ -33,24 +36,29 @@ from importlib import resources
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
-from ...errors import BadInputError, FirewallError
+from ...errors import FirewallError, UnknownPolicyError
+from ...recorder import WINDOWS
 from .. import openai_errors
 from ..asgi import STATE_FIREWALL
 from .highlight import highlight
 
 if TYPE_CHECKING:  # pragma: no cover
     from starlette.applications import Starlette
-    from starlette.requests import Request
+    from starlette.authentication import AuthCredentials, BaseUser
+    from starlette.requests import HTTPConnection, Request
+    from starlette.responses import Response
 
     from ...firewall import Firewall
 
 __all__ = [
+    "ADMIN",
     "COOKIE",
     "MAX_RECENT",
     "MAX_SCREEN_BYTES",
     "MAX_SESSIONS",
     "SESSION_TTL_S",
     "Authorizer",
+    "Console",
     "console_app",
     "gateway_authorizer",
     "gateway_console",
@@ -125,56 +133,34 @@ class _Sessions:
 # What the API returns
 # --------------------------------------------------------------------------------------------
 def stats(fw: Firewall) -> dict[str, Any]:
-    """Everything the live view shows (JSON-ready)."""
-    rec = fw.recorder
-    s = fw.settings
-    pool = fw.pool.stats()
-    desc = fw.model.describe()
-    policies = {}
-    for name in sorted(s.policies):
-        pol = s.policy(name)
-        policies[name] = {
-            "thresholds": fw.thresholds(pol),
-            "signals": list(pol.signals),
-            "actions": dict(pol.actions),
-            "monitor": pol.monitor,
-            "fail_mode": pol.fail_mode,
-        }
-    figures = rec.stats()
-    total = figures.pop("total")
+    """Everything the live view shows (JSON-ready): :meth:`Firewall.status`, the recorder's
+    windows and each policy's settings."""
+    status = fw.status()
+    snapshot = status.to_dict()
     return {
         "time": time.time(),
-        "uptime_s": round(time.time() - rec.started, 1),
-        "windows": figures,
-        "total": total,
-        "queue_depth": fw.pool.queue_depth(),
-        "pool": {
-            "workers": s.pool.workers,
-            "max_batch_size": s.pool.max_batch_size,
-            "queue_size": s.pool.queue_size,
-            "batches": pool.batches,
-            "items": pool.items,
-            "mean_batch_size": round(pool.mean_batch_size, 3),
-            "max_batch_items": pool.max_batch_items,
-            "rejected": pool.rejected,
-            "failed_batches": pool.failed_batches,
-            "replaced_workers": pool.replaced_workers,
-            "cache_hits": fw.cache_hits,
-        },
-        "model": {
-            "name": desc.get("name"),
-            "revision": desc.get("revision"),
-            "backend": desc.get("backend") or getattr(s.model, "backend", "local"),
-            "device": desc.get("device"),
-            "dtype": desc.get("dtype"),
-            "layers": desc.get("layers"),
-            "max_tokens": desc.get("max_tokens"),
-        },
-        "codebook": {"id": fw.codebook.id, "signals": list(fw.codebook.signals)},
-        "default_policy": s.default_policy,
-        "policies": policies,
-        "recent_capacity": rec.capacity,
-        "log_text": rec.keep_text,
+        "uptime_s": status.uptime_s,
+        "windows": {name: fw.recorder.window(s) for name, s in WINDOWS.items()},
+        "total": snapshot["counts"],
+        "queue_depth": status.pool.queue_depth,
+        "pool": snapshot["pool"],
+        "model": snapshot["model"],
+        "codebook": {"id": status.codebook_id, "signals": list(status.signals)},
+        "default_policy": status.default_policy,
+        "policies": {name: _policy(fw, name) for name in status.policies},
+        "recent_capacity": status.recent_capacity,
+        "log_text": status.log_text,
+    }
+
+
+def _policy(fw: Firewall, name: str) -> dict[str, Any]:
+    pol = fw.settings.policy(name)
+    return {
+        "thresholds": fw.thresholds(pol),
+        "signals": list(pol.signals),
+        "actions": dict(pol.actions),
+        "monitor": pol.monitor,
+        "fail_mode": pol.fail_mode,
     }
 
 
@@ -205,11 +191,9 @@ def _original_text(data: Any, message_index: int | None, roles: Any) -> str | No
 async def screen(fw: Firewall, data: Any, policy: str | None) -> dict[str, Any]:
     """Screen like a real request; the verdict, its record and the highlighted span."""
     from ...normalize import normalize
-    from ...recorder import capture
 
-    with capture("console") as cap:
-        verdict = await fw.ascreen(data, policy=policy)
-    text = cap.text
+    done = await fw.ascreen_recorded(data, policy=policy, source="console")
+    verdict, text = done.verdict, done.text
     hl = None
     if text is not None:
         roles = fw.settings.policy(policy or fw.settings.default_policy).roles
@@ -223,15 +207,263 @@ async def screen(fw: Firewall, data: Any, policy: str | None) -> dict[str, Any]:
             "seam": seam,
             "span": hl,
         }
-    record = cap.record.to_dict() if cap.record is not None else None
-    if record is not None:
-        record["digest"] = None  # never comparable with traffic digests (see recent())
+    record = done.record.to_dict()
+    record["digest"] = None  # never comparable with traffic digests (see recent())
     return {"verdict": verdict.to_dict(), "record": record, "highlight": hl}
 
 
 # --------------------------------------------------------------------------------------------
 # The app
 # --------------------------------------------------------------------------------------------
+#: The scope a request needs for everything but the static files (``request.auth.scopes``).
+ADMIN = "admin"
+
+
+class _KeyBackend:
+    """Authentication, once per request (Starlette's ``AuthenticationBackend`` protocol): the
+    :data:`ADMIN` scope for a live session cookie or credentials ``authorize`` accepts (for
+    everyone without ``authorize``), none otherwise."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+
+    async def authenticate(self, conn: HTTPConnection) -> tuple[AuthCredentials, BaseUser]:
+        from starlette.authentication import AuthCredentials, SimpleUser, UnauthenticatedUser
+        from starlette.requests import Request
+
+        console = self.console
+        if console.sessions.valid(conn.cookies.get(COOKIE)) or await console.accepts(
+            Request(conn.scope)
+        ):
+            return AuthCredentials([ADMIN]), SimpleUser("operator")
+        return AuthCredentials(), UnauthenticatedUser()
+
+
+Endpoint = Callable[["Console", "Request"], Awaitable["Response"]]
+
+
+def _requires_admin(*, page: bool = False) -> Callable[[Endpoint], Endpoint]:
+    """As Starlette's ``requires(ADMIN)``, answering 401: the key form for the page, an
+    OpenAI-style error for the API."""
+
+    def decorator(endpoint: Endpoint) -> Endpoint:
+        @functools.wraps(endpoint)
+        async def guarded(self: Console, request: Request) -> Response:
+            if ADMIN in request.auth.scopes:
+                return await endpoint(self, request)
+            if page:
+                return self.html(self.login_page, request, 401, MESSAGE="")
+            return _reply(_UNAUTHORIZED)
+
+        return guarded
+
+    return decorator
+
+
+_UNAUTHORIZED = openai_errors.unauthorized(
+    "This console needs a key: send 'Authorization: Bearer <key>' or log in on the page.",
+    realm="alknet-firewall console",
+)
+
+
+def _reply(reply: openai_errors.ErrorReply) -> Response:
+    """An OpenAI-style error (:mod:`..openai_errors`) with the console's security headers."""
+    from starlette.responses import Response
+
+    headers = {**_SECURITY_HEADERS, **reply.headers}
+    return Response(reply.content(), reply.status, headers, "application/json")
+
+
+def _invalid(message: str, code: str, status: int = 400) -> Response:
+    return _reply(openai_errors.invalid_request(message, code, status))
+
+
+class Console:
+    """The operator console: the firewall it shows, who may see it, and its endpoints.
+
+    :func:`console_app` builds its Starlette app; the arguments are that function's.
+    """
+
+    def __init__(
+        self,
+        firewall: Firewall | None = None,
+        *,
+        authorize: Authorizer | None = None,
+        log_text: bool | None = None,
+    ) -> None:
+        self.firewall = firewall
+        self.authorize = authorize
+        self.log_text = log_text
+        self.sessions = _Sessions()
+        self.page = _static("index.html")
+        self.login_page = _static("login.html")
+        self.assets = {name: _static(name) for name in _STATIC_TYPES}
+
+    def app(self) -> Starlette:
+        from starlette.applications import Starlette
+        from starlette.middleware import Middleware
+        from starlette.middleware.authentication import AuthenticationMiddleware
+        from starlette.routing import Route
+
+        routes = [
+            Route("/", self.index, methods=["GET"]),
+            Route("/static/{name}", self.static, methods=["GET"]),
+            Route("/login", self.login, methods=["POST"]),
+            Route("/logout", self.logout, methods=["POST"]),
+            Route("/api/stats", self.api_stats, methods=["GET"]),
+            Route("/api/recent", self.api_recent, methods=["GET"]),
+            Route("/api/screen", self.api_screen, methods=["POST"]),
+        ]
+        auth = Middleware(AuthenticationMiddleware, backend=_KeyBackend(self))  # type: ignore[arg-type]
+        return Starlette(routes=routes, middleware=[auth])
+
+    # -- helpers -------------------------------------------------------------------------------
+    async def accepts(self, request: Request) -> bool:
+        """Whether ``authorize`` accepts the request's credentials (True without one)."""
+        if self.authorize is None:
+            return True
+        ok = self.authorize(request)
+        if inspect.isawaitable(ok):
+            ok = await ok
+        return bool(ok)
+
+    def firewall_for(self, request: Request) -> Firewall | None:
+        if self.firewall is not None:
+            return self.firewall
+        return (request.scope.get("state") or {}).get(STATE_FIREWALL)
+
+    def html(self, template: str, request: Request, status: int = 200, **extra: str) -> Response:
+        from starlette.responses import HTMLResponse
+
+        body = template.replace("%BASE%", _attr(_base(request)))
+        for k, v in extra.items():
+            body = body.replace(f"%{k}%", v)
+        return HTMLResponse(body, status, headers=_SECURITY_HEADERS)
+
+    # -- endpoints -----------------------------------------------------------------------------
+    @_requires_admin(page=True)
+    async def index(self, request: Request) -> Response:
+        return self.html(self.page, request)
+
+    async def static(self, request: Request) -> Response:
+        from starlette.responses import Response
+
+        name = request.path_params["name"]
+        if name not in self.assets:
+            return Response("not found", 404, media_type="text/plain")
+        headers = {**_SECURITY_HEADERS, "cache-control": "no-cache"}
+        return Response(self.assets[name], 200, headers=headers, media_type=_STATIC_TYPES[name])
+
+    async def login(self, request: Request) -> Response:
+        from starlette.requests import Request
+        from starlette.responses import RedirectResponse
+
+        if self.authorize is None:
+            return RedirectResponse(_base(request), 303)
+        if not _same_origin(request):
+            return _invalid("Cross-site login refused.", "forbidden", 403)
+        raw = await request.body()
+        if len(raw) > 4096:
+            return _invalid("Login form too large.", "request_too_large", 413)
+        key = (parse_qs(raw.decode("utf-8", "replace")).get("key") or [""])[0].strip()
+        accepted = False
+        if key:
+            scope = dict(request.scope)
+            scope["headers"] = [
+                (k, v) for k, v in request.scope["headers"] if k.lower() != b"authorization"
+            ] + [(b"authorization", f"Bearer {key}".encode("latin-1", "replace"))]
+            accepted = await self.accepts(Request(scope))
+        if not accepted:
+            return self.html(self.login_page, request, 401, MESSAGE="That key was not accepted.")
+        resp = RedirectResponse(_base(request), 303, headers=_SECURITY_HEADERS)
+        resp.set_cookie(
+            COOKIE,
+            self.sessions.new(),
+            max_age=int(SESSION_TTL_S),
+            path=_base(request),
+            httponly=True,
+            samesite="strict",
+            secure=request.url.scheme == "https",
+        )
+        return resp
+
+    async def logout(self, request: Request) -> Response:
+        from starlette.responses import RedirectResponse
+
+        self.sessions.drop(request.cookies.get(COOKIE))
+        resp = RedirectResponse(_base(request), 303, headers=_SECURITY_HEADERS)
+        resp.delete_cookie(COOKIE, path=_base(request))
+        return resp
+
+    @_requires_admin()
+    async def api_stats(self, request: Request) -> Response:
+        from starlette.responses import JSONResponse
+
+        fw = self.firewall_for(request)
+        if fw is None:
+            return _reply(openai_errors.firewall_unavailable())
+        body = {**stats(fw), "auth": self.authorize is not None}
+        return JSONResponse(body, headers=_SECURITY_HEADERS)
+
+    @_requires_admin()
+    async def api_recent(self, request: Request) -> Response:
+        from starlette.responses import JSONResponse
+
+        fw = self.firewall_for(request)
+        if fw is None:
+            return _reply(openai_errors.firewall_unavailable())
+        try:
+            limit = int(request.query_params.get("limit", "50"))
+        except ValueError:
+            return _invalid("limit must be an integer.", "bad_input")
+        limit = max(0, min(limit, MAX_RECENT))
+        show = fw.recorder.keep_text and self.log_text is not False
+        return JSONResponse(
+            {"recent": recent(fw, limit, show_text=show), "log_text": show},
+            headers=_SECURITY_HEADERS,
+        )
+
+    @_requires_admin()
+    async def api_screen(self, request: Request) -> Response:
+        from starlette.responses import JSONResponse
+
+        if not _same_origin(request):
+            return _invalid("Cross-site request refused.", "forbidden", 403)
+        media = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+        if media != "application/json":
+            return _invalid("Send the body as application/json.", "unsupported_media_type", 415)
+        fw = self.firewall_for(request)
+        if fw is None:
+            return _reply(openai_errors.firewall_unavailable())
+        raw = await request.body()
+        if len(raw) > MAX_SCREEN_BYTES:
+            return _invalid(f"Body above {MAX_SCREEN_BYTES} bytes.", "request_too_large", 413)
+        try:
+            body = json.loads(raw)
+        except ValueError as exc:
+            return _invalid(f"The body must be JSON: {exc}", "invalid_json")
+        if not isinstance(body, dict):
+            return _invalid("The body must be a JSON object.", "bad_input")
+        has_text, has_messages = body.get("text") is not None, body.get("messages") is not None
+        if has_text == has_messages:
+            return _invalid("Send exactly one of 'text' or 'messages'.", "bad_input")
+        data = body["text"] if has_text else body["messages"]
+        if has_text and not isinstance(data, str):
+            return _invalid("'text' must be a string.", "bad_input")
+        policy = body.get("policy") or None
+        if policy is not None and not isinstance(policy, str):
+            return _invalid("'policy' must be a string.", "unknown_policy")
+        try:
+            result = await screen(fw, data, policy)
+        except UnknownPolicyError as exc:
+            if policy is None:  # the configured default: the operator's mistake
+                return _reply(openai_errors.from_exception(exc))
+            return _reply(openai_errors.unknown_policy(policy))
+        except FirewallError as exc:
+            return _reply(openai_errors.from_exception(exc))
+        return JSONResponse(result, headers=_SECURITY_HEADERS)
+
+
 def console_app(
     firewall: Firewall | None = None,
     *,
@@ -248,194 +480,23 @@ def console_app(
     :param log_text: show message text in the recent list. ``None`` follows the firewall's
         ``log_text`` (texts are only kept when it is on); ``False`` hides them even then.
     """
-    from starlette.applications import Starlette
-    from starlette.requests import Request
-    from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
-    from starlette.routing import Route
+    return Console(firewall, authorize=authorize, log_text=log_text).app()
 
-    page = _static("index.html")
-    login_page = _static("login.html")
-    assets = {name: _static(name) for name in _STATIC_TYPES}
-    sessions = _Sessions()
 
-    def get_firewall(request: Request) -> Firewall | None:
-        if firewall is not None:
-            return firewall
-        return (request.scope.get("state") or {}).get(STATE_FIREWALL)
+def _base(request: Request) -> str:
+    return request.scope.get("root_path", "").rstrip("/") + "/"
 
-    def base(request: Request) -> str:
-        return request.scope.get("root_path", "").rstrip("/") + "/"
 
-    async def check(request: Request, credentials: Request | None = None) -> bool:
-        if authorize is None:
-            return True
-        if credentials is None and sessions.valid(request.cookies.get(COOKIE)):
-            return True
-        ok = authorize(credentials or request)
-        if inspect.isawaitable(ok):
-            ok = await ok
-        return bool(ok)
-
-    def error(status: int, message: str, code: str, **headers: str) -> Response:
-        body = openai_errors.error_body(
-            message, type="server_error" if status >= 500 else "invalid_request_error", code=code
-        )
-        return JSONResponse(body, status, headers={**_SECURITY_HEADERS, **headers})
-
-    def unauthorized() -> Response:
-        return error(
-            401,
-            "This console needs a key: send 'Authorization: Bearer <key>' or log in on the page.",
-            "invalid_api_key",
-            **{"www-authenticate": 'Bearer realm="alknet-firewall console"'},
-        )
-
-    def html(template: str, request: Request, status: int = 200, **extra: str) -> Response:
-        body = template.replace("%BASE%", _attr(base(request)))
-        for k, v in extra.items():
-            body = body.replace(f"%{k}%", v)
-        return HTMLResponse(body, status, headers=_SECURITY_HEADERS)
-
-    def same_origin(request: Request) -> bool:
-        """Refuse POSTs another site's page makes (the session cookie is SameSite=Strict too):
-        browsers say where a request comes from (Sec-Fetch-Site, else Origin); scripts don't."""
-        site = request.headers.get("sec-fetch-site")
-        if site is not None:
-            return site in ("same-origin", "none")
-        origin = request.headers.get("origin")
-        if origin is None:
-            return True
-        return urlsplit(origin).netloc == request.headers.get("host", "")
-
-    def firewall_or_503(request: Request) -> Firewall | Response:
-        fw = get_firewall(request)
-        if fw is None:
-            reply = openai_errors.firewall_unavailable()
-            return Response(reply.content(), reply.status, reply.headers, "application/json")
-        return fw
-
-    async def index(request: Request) -> Response:
-        if not await check(request):
-            return html(login_page, request, 401, MESSAGE="")
-        return html(page, request)
-
-    async def static(request: Request) -> Response:
-        name = request.path_params["name"]
-        if name not in assets:
-            return Response("not found", 404, media_type="text/plain")
-        headers = {**_SECURITY_HEADERS, "cache-control": "no-cache"}
-        return Response(assets[name], 200, headers=headers, media_type=_STATIC_TYPES[name])
-
-    async def login(request: Request) -> Response:
-        if authorize is None:
-            return RedirectResponse(base(request), 303)
-        if not same_origin(request):
-            return error(403, "Cross-site login refused.", "forbidden")
-        raw = await request.body()
-        if len(raw) > 4096:
-            return error(413, "Login form too large.", "request_too_large")
-        key = (parse_qs(raw.decode("utf-8", "replace")).get("key") or [""])[0].strip()
-        probe = None
-        if key:
-            scope = dict(request.scope)
-            scope["headers"] = [
-                (k, v) for k, v in request.scope["headers"] if k.lower() != b"authorization"
-            ] + [(b"authorization", f"Bearer {key}".encode("latin-1", "replace"))]
-            probe = Request(scope)
-        if probe is None or not await check(request, probe):
-            return html(login_page, request, 401, MESSAGE="That key was not accepted.")
-        resp = RedirectResponse(base(request), 303, headers=_SECURITY_HEADERS)
-        resp.set_cookie(
-            COOKIE,
-            sessions.new(),
-            max_age=int(SESSION_TTL_S),
-            path=base(request),
-            httponly=True,
-            samesite="strict",
-            secure=request.url.scheme == "https",
-        )
-        return resp
-
-    async def logout(request: Request) -> Response:
-        sessions.drop(request.cookies.get(COOKIE))
-        resp = RedirectResponse(base(request), 303, headers=_SECURITY_HEADERS)
-        resp.delete_cookie(COOKIE, path=base(request))
-        return resp
-
-    async def api_stats(request: Request) -> Response:
-        if not await check(request):
-            return unauthorized()
-        fw = firewall_or_503(request)
-        if isinstance(fw, Response):
-            return fw
-        return JSONResponse({**stats(fw), "auth": authorize is not None}, headers=_SECURITY_HEADERS)
-
-    async def api_recent(request: Request) -> Response:
-        if not await check(request):
-            return unauthorized()
-        fw = firewall_or_503(request)
-        if isinstance(fw, Response):
-            return fw
-        try:
-            limit = int(request.query_params.get("limit", "50"))
-        except ValueError:
-            return error(400, "limit must be an integer.", "bad_input")
-        limit = max(0, min(limit, MAX_RECENT))
-        show = fw.recorder.keep_text and log_text is not False
-        return JSONResponse(
-            {"recent": recent(fw, limit, show_text=show), "log_text": show},
-            headers=_SECURITY_HEADERS,
-        )
-
-    async def api_screen(request: Request) -> Response:
-        if not await check(request):
-            return unauthorized()
-        if not same_origin(request):
-            return error(403, "Cross-site request refused.", "forbidden")
-        media = request.headers.get("content-type", "").partition(";")[0].strip().lower()
-        if media != "application/json":
-            return error(415, "Send the body as application/json.", "unsupported_media_type")
-        fw = firewall_or_503(request)
-        if isinstance(fw, Response):
-            return fw
-        raw = await request.body()
-        if len(raw) > MAX_SCREEN_BYTES:
-            return error(413, f"Body above {MAX_SCREEN_BYTES} bytes.", "request_too_large")
-        try:
-            body = json.loads(raw)
-        except ValueError as exc:
-            return error(400, f"The body must be JSON: {exc}", "invalid_json")
-        if not isinstance(body, dict):
-            return error(400, "The body must be a JSON object.", "bad_input")
-        has_text, has_messages = body.get("text") is not None, body.get("messages") is not None
-        if has_text == has_messages:
-            return error(400, "Send exactly one of 'text' or 'messages'.", "bad_input")
-        data = body["text"] if has_text else body["messages"]
-        if has_text and not isinstance(data, str):
-            return error(400, "'text' must be a string.", "bad_input")
-        policy = body.get("policy") or None
-        known = fw.settings.policies
-        if policy is not None and (not isinstance(policy, str) or policy not in known):
-            return error(400, f"Unknown policy {policy!r}.", "unknown_policy")
-        try:
-            result = await screen(fw, data, policy)
-        except BadInputError as exc:
-            return error(openai_errors.status_for(exc), str(exc), exc.code)
-        except FirewallError as exc:
-            reply = openai_errors.from_exception(exc)
-            return Response(reply.content(), reply.status, reply.headers, "application/json")
-        return JSONResponse(result, headers=_SECURITY_HEADERS)
-
-    routes = [
-        Route("/", index, methods=["GET"]),
-        Route("/static/{name}", static, methods=["GET"]),
-        Route("/login", login, methods=["POST"]),
-        Route("/logout", logout, methods=["POST"]),
-        Route("/api/stats", api_stats, methods=["GET"]),
-        Route("/api/recent", api_recent, methods=["GET"]),
-        Route("/api/screen", api_screen, methods=["POST"]),
-    ]
-    return Starlette(routes=routes)
+def _same_origin(request: Request) -> bool:
+    """Refuse POSTs another site's page makes (the session cookie is SameSite=Strict too):
+    browsers say where a request comes from (Sec-Fetch-Site, else Origin); scripts don't."""
+    site = request.headers.get("sec-fetch-site")
+    if site is not None:
+        return site in ("same-origin", "none")
+    origin = request.headers.get("origin")
+    if origin is None:
+        return True
+    return urlsplit(origin).netloc == request.headers.get("host", "")
 
 
 def gateway_authorizer(server: Any) -> Authorizer:

@@ -11,7 +11,7 @@ In the proxy's ``config.yaml``::
           default_on: true
           policy: default           # every other key configures the firewall
 
-The keys are described by :class:`~.settings.AlknetGuardrailConfigModel` (and in
+The keys are described by :class:`~.settings.AlknetGuardrailParams` (and in
 ``docs/integrations/litellm.md``). Laid out like LiteLLM's own guardrail folders:
 
 ``guardrail.py``
@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._shared import RETRY_BUILD_AFTER_S, close_firewalls, get_firewall
 from .policy import select_policy
-from .settings import DEFAULT_METADATA_KEY, AlknetGuardrailConfigModel, build_settings
+from .settings import DEFAULT_METADATA_KEY, AlknetGuardrailParams, build_settings
 
 if TYPE_CHECKING:  # pragma: no cover
     from .guardrail import PROVIDER, AlknetFirewallConfigModel, AlknetFirewallGuardrail
@@ -51,7 +51,7 @@ __all__ = [
     "VERDICTS_KEY",
     "AlknetFirewallConfigModel",
     "AlknetFirewallGuardrail",
-    "AlknetGuardrailConfigModel",
+    "AlknetGuardrailParams",
     "build_settings",
     "close_firewalls",
     "get_firewall",

@@ -17,7 +17,7 @@ from ...firewall import Firewall
 
 __all__ = ["RETRY_BUILD_AFTER_S", "close_firewalls", "get_firewall"]
 
-log = logging.getLogger("alknet_firewall.litellm")
+log = logging.getLogger(__name__)
 
 #: Seconds before a failed firewall construction is tried again.
 RETRY_BUILD_AFTER_S = 10.0

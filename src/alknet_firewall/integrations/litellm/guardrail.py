@@ -23,7 +23,7 @@ from ._shared import get_firewall
 from .policy import PolicySource
 from .policy import select_policy as _select_policy
 from .records import records, remember, status_for, worst
-from .settings import DEFAULT_METADATA_KEY, AlknetGuardrailConfigModel, build_settings
+from .settings import DEFAULT_METADATA_KEY, AlknetGuardrailParams, build_settings
 from .subjects import request_subject, response_text, user_text_messages
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -33,7 +33,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = ["PROVIDER", "AlknetFirewallConfigModel", "AlknetFirewallGuardrail"]
 
-log = logging.getLogger("alknet_firewall.litellm")
+log = logging.getLogger(__name__)
 
 #: ``guardrail_provider`` in LiteLLM's guardrail logging.
 PROVIDER = "alknet_firewall"
@@ -50,8 +50,8 @@ _SUPPORTED_HOOKS = [
 _UNSCREENED_CALLS = frozenset({"embedding", "aembedding"})
 
 
-class AlknetFirewallConfigModel(AlknetGuardrailConfigModel, GuardrailConfigModel):  # type: ignore[misc]
-    """:class:`AlknetGuardrailConfigModel` on LiteLLM's ``GuardrailConfigModel`` base, as
+class AlknetFirewallConfigModel(AlknetGuardrailParams, GuardrailConfigModel):  # type: ignore[misc]
+    """:class:`AlknetGuardrailParams` on LiteLLM's ``GuardrailConfigModel`` base, as
     ``get_config_model()`` returns it to the proxy's UI."""
 
 

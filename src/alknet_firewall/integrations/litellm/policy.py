@@ -16,7 +16,7 @@ from .settings import DEFAULT_METADATA_KEY
 
 __all__ = ["PolicySource", "select_policy"]
 
-log = logging.getLogger("alknet_firewall.litellm")
+log = logging.getLogger(__name__)
 
 #: Where a request's policy came from (``policy_source`` in LiteLLM's guardrail logging).
 PolicySource = Literal[

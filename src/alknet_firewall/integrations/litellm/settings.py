@@ -2,7 +2,7 @@
 
 LiteLLM builds the guardrail with every ``litellm_params`` key except its own (``guardrail``,
 ``mode``, ``default_on``, ``stream_scope``, ...) as a keyword argument.
-:class:`AlknetGuardrailConfigModel` describes the keys read here, one ``Field(description=...)``
+:class:`AlknetGuardrailParams` describes the keys read here, one ``Field(description=...)``
 each, as LiteLLM's own guardrails do (``get_config_model()``); ``docs/integrations/litellm.md``
 is checked against it by a test. Imports no litellm.
 """
@@ -17,14 +17,16 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ...config import Settings, load_settings
 
-__all__ = ["DEFAULT_METADATA_KEY", "AlknetGuardrailConfigModel", "build_settings"]
+__all__ = ["DEFAULT_METADATA_KEY", "AlknetGuardrailParams", "build_settings"]
 
 #: Key and team metadata field that names a policy.
 DEFAULT_METADATA_KEY = "alknet_policy"
 
 
-class AlknetGuardrailConfigModel(BaseModel):
-    """``litellm_params`` keys of :class:`AlknetFirewallGuardrail` (LiteLLM's own keys aside)."""
+class AlknetGuardrailParams(BaseModel):
+    """The guardrail's parameters: the ``litellm_params`` keys of :class:`AlknetFirewallGuardrail`
+    (LiteLLM's own keys aside). Plain pydantic: :class:`AlknetFirewallConfigModel` is this on
+    LiteLLM's ``GuardrailConfigModel`` base, for the proxy's UI."""
 
     model_config = ConfigDict(extra="allow")
 
@@ -106,7 +108,7 @@ def build_settings(
     monitor: bool | None = None,
     firewall_settings: Mapping[str, Any] | None = None,
 ) -> Settings:
-    """Firewall settings from guardrail parameters (see :class:`AlknetGuardrailConfigModel`).
+    """Firewall settings from guardrail parameters (see :class:`AlknetGuardrailParams`).
 
     Raises :class:`~alknet_firewall.errors.ConfigurationError` naming the invalid field.
     """
