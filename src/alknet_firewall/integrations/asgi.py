@@ -26,25 +26,20 @@ import asyncio
 import inspect
 import json
 import logging
-from collections.abc import Awaitable, Callable, Iterable, MutableMapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from .. import telemetry
 from ..errors import ConfigurationError, FirewallError, UnknownPolicyError
 from ..request_content import extract_request
 from . import openai_errors
+from .bodies import ASGIApp, BodyLimits, Message, Receive, Scope, Send, header
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..firewall import Verdict
 
 log = logging.getLogger(__name__)
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 PolicyResolver = Callable[[Scope], "str | Awaitable[str | None] | None"]
 
 #: Paths screened by default: the OpenAI endpoints that carry prompts, with and without ``/v1``.
@@ -158,6 +153,7 @@ class FirewallMiddleware:
             DISCARD_FACTOR * max_body_bytes if discard_bytes is None else discard_bytes
         )
         self.body_timeout_s = body_timeout_s
+        self.body_limits = BodyLimits(max_body_bytes, self.discard_bytes, body_timeout_s)
 
     def screens(self, scope: Scope) -> bool:
         """Whether this request is one the middleware screens (before looking at the body)."""
@@ -174,106 +170,6 @@ class FirewallMiddleware:
             await self.app(scope, receive, send)
             return
         await _ScreeningResponder(self)(scope, receive, send)
-
-
-def _header(scope: Scope, name: bytes) -> str | None:
-    for k, v in scope.get("headers") or ():
-        if k.lower() == name:
-            return v.decode("latin-1")
-    return None
-
-
-@dataclass(frozen=True)
-class Body:
-    """What :func:`receive_body` got: the body (``ok``) or why not."""
-
-    outcome: Literal["ok", "too_large", "timeout", "gone"]
-    data: bytes = b""
-    #: Every byte the client sent was read (so the connection can be kept).
-    complete: bool = True
-
-
-async def receive_body(
-    receive: Receive,
-    *,
-    max_bytes: int,
-    discard_bytes: int = 0,
-    timeout_s: float | None = None,
-) -> Body:
-    """Read a request body of at most ``max_bytes``.
-
-    A larger body is read on and thrown away until it ends or ``discard_bytes`` bytes in all
-    were read (``too_large``, ``complete`` telling which). The whole read, discarding
-    included, must end within ``timeout_s`` seconds (``timeout``). ``gone``: the client
-    disconnected.
-    """
-
-    async def read() -> Body:
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return Body("gone", complete=False)
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            more = message.get("more_body", False)
-            if size > max_bytes:
-                chunks.clear()
-                if not more:
-                    return Body("too_large")
-                if size > discard_bytes:
-                    return Body("too_large", complete=False)
-                continue
-            chunks.append(chunk)
-            if not more:
-                return Body("ok", b"".join(chunks))
-
-    if timeout_s is None:
-        return await read()
-    try:
-        return await asyncio.wait_for(read(), timeout_s)
-    except asyncio.TimeoutError:
-        return Body("timeout", complete=False)
-
-
-async def send_body_failure(
-    got: Body, send: Send, *, max_bytes: int, timeout_s: float | None
-) -> None:
-    """Answer a body :func:`receive_body` did not get: 413 when too large, 408 when too slow
-    (closing the connection when unread bytes remain); nothing when the client left."""
-    if got.outcome == "too_large":
-        reply = openai_errors.body_too_large(max_bytes)
-    elif got.outcome == "timeout":
-        log.info("request body not received within %.1fs; 408", timeout_s or 0.0)
-        reply = openai_errors.request_timeout(timeout_s or 0.0)
-    else:  # the client left
-        return
-    await (reply if got.complete else reply.closing()).send(send)
-
-
-async def refuse(
-    reply: openai_errors.ErrorReply,
-    receive: Receive,
-    send: Send,
-    *,
-    discard_bytes: int,
-    timeout_s: float | None = None,
-) -> None:
-    """Send ``reply`` to a request whose body is not wanted, after reading and throwing the
-    body away (up to ``discard_bytes``, within ``timeout_s``): a client still sending when the
-    server answers and closes would see a connection reset instead of the reply. When the body
-    could not be read whole, the connection is closed after the reply."""
-    got = await receive_body(receive, max_bytes=0, discard_bytes=discard_bytes, timeout_s=timeout_s)
-    if got.outcome == "gone":
-        return
-    await (reply if got.complete else reply.closing()).send(send)
-
-
-def _expects_continue(scope: Scope) -> bool:
-    """The client waits for ``100 Continue`` before sending its body (curl does for large
-    ones): it can be answered at once, without inviting the body."""
-    return (_header(scope, b"expect") or "").strip().lower() == "100-continue"
 
 
 def _is_json(content_type: str) -> bool:
@@ -298,32 +194,17 @@ class _ScreeningResponder:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         mw = self.mw
-        content_type = _header(scope, b"content-type")
+        content_type = header(scope, b"content-type")
         if content_type is not None and not _is_json(content_type):
             if mw.on_non_json == "reject":
                 reply = openai_errors.unsupported_media_type(content_type)
-                await self._refuse(scope, reply, receive, send)
+                await mw.body_limits.refuse(scope, reply, receive, send)
             else:
                 await mw.app(scope, receive, send)
             return
-        length = _header(scope, b"content-length")
-        if length is not None and length.strip().isdigit() and int(length) > mw.max_body_bytes:
-            await self._refuse(
-                scope, openai_errors.body_too_large(mw.max_body_bytes), receive, send, int(length)
-            )
+        body = await mw.body_limits.read(scope, receive, send)
+        if body is None:
             return
-        got = await receive_body(
-            receive,
-            max_bytes=mw.max_body_bytes,
-            discard_bytes=mw.discard_bytes,
-            timeout_s=mw.body_timeout_s,
-        )
-        if got.outcome != "ok":
-            await send_body_failure(
-                got, send, max_bytes=mw.max_body_bytes, timeout_s=mw.body_timeout_s
-            )
-            return
-        body = got.data
         self.body = body
         self.receive = receive
         try:
@@ -374,30 +255,6 @@ class _ScreeningResponder:
                 if not task.done():
                     task.cancel()
 
-    async def _refuse(
-        self,
-        scope: Scope,
-        reply: openai_errors.ErrorReply,
-        receive: Receive,
-        send: Send,
-        declared: int | None = None,
-    ) -> None:
-        """Refuse before reading: discard the body first unless the client waits for
-        ``100 Continue`` or announced more than the discard bound (then answer and close)."""
-        length = _header(scope, b"content-length")
-        if declared is None and length is not None and length.strip().isdigit():
-            declared = int(length)
-        if _expects_continue(scope) or (declared is not None and declared > self.mw.discard_bytes):
-            await reply.closing().send(send)
-            return
-        await refuse(
-            reply,
-            receive,
-            send,
-            discard_bytes=self.mw.discard_bytes,
-            timeout_s=self.mw.body_timeout_s,
-        )
-
     async def _policy(self, scope: Scope) -> tuple[str | None, str]:
         pol = self.mw.policy
         if isinstance(pol, str):
@@ -409,7 +266,7 @@ class _ScreeningResponder:
             if name is not None:
                 return name, "resolver"
         if self.mw.policy_header is not None:
-            name = _header(scope, self.mw.policy_header)
+            name = header(scope, self.mw.policy_header)
             if name:
                 return name.strip(), "header"
         return None, "default"
@@ -500,11 +357,7 @@ __all__: Sequence[str] = [
     "DEFAULT_PATHS",
     "STATE_FIREWALL",
     "STATE_VERDICT",
-    "Body",
     "FirewallMiddleware",
     "Screener",
     "messages_from_body",
-    "receive_body",
-    "refuse",
-    "send_body_failure",
 ]

@@ -25,22 +25,17 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
-from collections.abc import Awaitable, Callable, Iterable, MutableMapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ..errors import ConfigurationError
 from . import openai_errors
-from .asgi import refuse
+from .bodies import ASGIApp, Receive, Scope, Send, refuse
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..config import ServerSettings
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 _DIGEST = re.compile(r"sha256:([0-9a-fA-F]{64})")
 #: Shorter keys are refused: a key is a secret, not a password to remember.

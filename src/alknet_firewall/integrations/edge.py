@@ -29,21 +29,17 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from collections.abc import Iterable
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from ..errors import ConfigurationError
 from . import openai_errors
-from .asgi import _is_json, receive_body, refuse, send_body_failure
+from .asgi import _is_json
+from .bodies import ASGIApp, BodyLimits, Message, Receive, Scope, Send
 
 log = logging.getLogger(__name__)
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 #: Host names a loopback-bound gateway answers by default (any port).
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
@@ -207,6 +203,7 @@ class Edge:
         self.max_body_bytes = max_body_bytes
         self.discard_bytes = discard_bytes
         self.body_timeout_s = body_timeout_s
+        self.body_limits = BodyLimits(max_body_bytes, discard_bytes, body_timeout_s)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -216,7 +213,7 @@ class Edge:
         scope.setdefault("state", {})[STATE_CLIENT] = client
         reply = self.check(scope)
         if reply is not None:
-            await self._refuse(scope, reply, receive, send)
+            await self.body_limits.refuse(scope, reply, receive, send)
             return
         method = scope.get("method", "GET")
         path = scope.get("path", "")
@@ -256,39 +253,12 @@ class Edge:
             return not (mode == "navigate" and scope.get("method") in ("GET", "HEAD"))
         return origin is not None and not _same_origin(origin, scope)
 
-    async def _refuse(
-        self, scope: Scope, reply: openai_errors.ErrorReply, receive: Receive, send: Send
-    ) -> None:
-        length = next(iter(_headers(scope, b"content-length")), "")
-        expect = next(iter(_headers(scope, b"expect")), "").strip().lower()
-        big = length.strip().isdigit() and int(length) > self.discard_bytes
-        if big or expect == "100-continue":
-            await reply.closing().send(send)
-            return
-        await refuse(
-            reply, receive, send, discard_bytes=self.discard_bytes, timeout_s=self.body_timeout_s
-        )
-
     async def _bounded(self, scope: Scope, receive: Receive, send: Send, *, drop: bool) -> None:
         """Read the body within the limits, then run the app on it (or on no body)."""
-        length = next(iter(_headers(scope, b"content-length")), "")
-        if length.strip().isdigit() and int(length) > self.max_body_bytes:
-            await self._refuse(
-                scope, openai_errors.body_too_large(self.max_body_bytes), receive, send
-            )
+        data = await self.body_limits.read(scope, receive, send)
+        if data is None:
             return
-        got = await receive_body(
-            receive,
-            max_bytes=self.max_body_bytes,
-            discard_bytes=self.discard_bytes,
-            timeout_s=self.body_timeout_s,
-        )
-        if got.outcome != "ok":
-            await send_body_failure(
-                got, send, max_bytes=self.max_body_bytes, timeout_s=self.body_timeout_s
-            )
-            return
-        body = b"" if drop else got.data
+        body = b"" if drop else data
         sent = False
 
         async def replay() -> Message:
@@ -298,7 +268,7 @@ class Edge:
                 return {"type": "http.request", "body": body, "more_body": False}
             return await receive()
 
-        if drop and got.data:
+        if drop and data:
             # A body on a GET: gone here, and the forwarded request has no Content-Length.
             scope["headers"] = [
                 (k, v)

@@ -149,7 +149,7 @@ def create_model_app(
     from starlette.responses import JSONResponse, Response
     from starlette.routing import Route
 
-    from ..integrations.asgi import receive_body
+    from ..integrations.bodies import receive_body
 
     settings = coerce_settings(settings)
     ms = settings.model_server
