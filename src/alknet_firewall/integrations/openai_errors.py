@@ -71,8 +71,8 @@ __all__ = [
     "from_exception",
     "invalid_json",
     "invalid_path",
-    "invalid_request",
     "misdirected_host",
+    "reply",
     "request_timeout",
     "shutting_down",
     "status_for",
@@ -254,12 +254,15 @@ def from_exception(exc: BaseException, *, verdict: Verdict | None = None) -> Err
     return ErrorReply(status, error_body(message, type=_type_for(status), code=code), headers)
 
 
-def invalid_request(message: str, code: str, status: int = 400) -> ErrorReply:
-    return ErrorReply(status, error_body(message, type=_type_for(status), code=code))
+def reply(message: str, code: str, status: int = 400, *, retry: bool = False) -> ErrorReply:
+    """An error with no verdict: its ``type`` follows from ``status``; ``retry``: the client
+    may retry after a second (``Retry-After: 1``)."""
+    headers = {"retry-after": "1"} if retry else {}
+    return ErrorReply(status, error_body(message, type=_type_for(status), code=code), headers)
 
 
 def invalid_json(detail: str) -> ErrorReply:
-    return invalid_request(
+    return reply(
         f"We could not parse the JSON body of your request ({detail}). The OpenAI API "
         "expects a JSON object.",
         "invalid_json",
@@ -267,7 +270,7 @@ def invalid_json(detail: str) -> ErrorReply:
 
 
 def body_too_large(limit: int) -> ErrorReply:
-    return invalid_request(
+    return reply(
         f"The request body is larger than the firewall's limit of {limit} bytes.",
         "request_too_large",
         413,
@@ -275,7 +278,7 @@ def body_too_large(limit: int) -> ErrorReply:
 
 
 def unsupported_media_type(content_type: str) -> ErrorReply:
-    return invalid_request(
+    return reply(
         f"Unsupported Content-Type {content_type!r}; send the request as application/json.",
         "unsupported_media_type",
         415,
@@ -283,46 +286,37 @@ def unsupported_media_type(content_type: str) -> ErrorReply:
 
 
 def unknown_policy(name: str) -> ErrorReply:
-    return invalid_request(f"Unknown firewall policy {name!r}.", "unknown_policy")
+    return reply(f"Unknown firewall policy {name!r}.", "unknown_policy")
 
 
 def firewall_unavailable() -> ErrorReply:
-    body = error_body(
+    return reply(
         "The firewall is not ready; the request was not forwarded. Retry later.",
-        type=SERVER_ERROR,
-        code="firewall_unavailable",
+        "firewall_unavailable",
+        503,
+        retry=True,
     )
-    return ErrorReply(503, body, {"retry-after": "1"})
 
 
 def firewall_not_configured() -> ErrorReply:
     """500: the middleware has no firewall to screen with (a set-up mistake; no retry helps)."""
-    body = error_body(
+    return reply(
         "The firewall is not configured; the request was not forwarded. The application must "
         "pass FirewallMiddleware(firewall=Firewall.from_config()) or put the firewall in its "
         "lifespan state under 'alknet_firewall'.",
-        type=SERVER_ERROR,
-        code="firewall_not_configured",
+        "firewall_not_configured",
+        500,
     )
-    return ErrorReply(500, body)
 
 
 def upstream_unreachable(detail: str) -> ErrorReply:
-    body = error_body(
-        f"The upstream API could not be reached ({detail}).",
-        type=SERVER_ERROR,
-        code="upstream_unreachable",
-    )
-    return ErrorReply(502, body)
+    return reply(f"The upstream API could not be reached ({detail}).", "upstream_unreachable", 502)
 
 
 def upstream_timeout(timeout_s: float) -> ErrorReply:
-    body = error_body(
-        f"The upstream API did not answer within {timeout_s:g} s.",
-        type=SERVER_ERROR,
-        code="upstream_timeout",
+    return reply(
+        f"The upstream API did not answer within {timeout_s:g} s.", "upstream_timeout", 504
     )
-    return ErrorReply(504, body)
 
 
 _NEED_KEY = (
@@ -338,24 +332,24 @@ def unauthorized(message: str = _NEED_KEY, realm: str = "alknet-firewall") -> Er
 
 
 def request_timeout(timeout_s: float) -> ErrorReply:
-    return invalid_request(
+    return reply(
         f"The request body was not received within {timeout_s:g} s.", "request_timeout", 408
     )
 
 
 def shutting_down() -> ErrorReply:
-    body = error_body(
+    return reply(
         "The gateway is shutting down; the request was not forwarded. Retry on another "
         "instance or later.",
-        type=SERVER_ERROR,
-        code="shutting_down",
+        "shutting_down",
+        503,
+        retry=True,
     )
-    return ErrorReply(503, body, {"retry-after": "1"})
 
 
 def misdirected_host() -> ErrorReply:
     """421: the ``Host`` header names a host this gateway does not serve (DNS rebinding)."""
-    return invalid_request(
+    return reply(
         "This gateway does not serve that Host name; use one in its server.allowed_hosts.",
         "misdirected_request",
         421,
@@ -363,7 +357,7 @@ def misdirected_host() -> ErrorReply:
 
 
 def invalid_path() -> ErrorReply:
-    return invalid_request(
+    return reply(
         "The request path has dot segments or encoded '.', '/', '\\' or '%'; send a plain "
         "API path such as /v1/models/MODEL_ID.",
         "invalid_path",
@@ -371,7 +365,7 @@ def invalid_path() -> ErrorReply:
 
 
 def cross_site() -> ErrorReply:
-    return invalid_request(
+    return reply(
         "Cross-site browser request refused: the gateway's operator must list this page's "
         "origin in server.cors_origins.",
         "cross_site_request",

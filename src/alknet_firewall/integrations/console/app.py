@@ -275,7 +275,7 @@ def _reply(reply: openai_errors.ErrorReply) -> Response:
 
 
 def _invalid(message: str, code: str, status: int = 400) -> Response:
-    return _reply(openai_errors.invalid_request(message, code, status))
+    return _reply(openai_errors.reply(message, code, status))
 
 
 class Console:
