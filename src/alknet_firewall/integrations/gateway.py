@@ -454,15 +454,10 @@ class UpstreamResponse:
 # --------------------------------------------------------------------------------------------
 # ``alknet-firewall serve``
 # --------------------------------------------------------------------------------------------
-def _port(value: str) -> int:
-    port = int(value)
-    if not 0 <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"port {port} is not in 0..65535")
-    return port
-
-
 def add_serve_command(sub: Any) -> None:
     """Register ``serve`` on the CLI's sub-parsers (imports nothing heavy)."""
+    from .serving import add_server_arguments
+
     p = sub.add_parser(
         "serve",
         help="run the OpenAI-compatible screening gateway",
@@ -474,16 +469,8 @@ def add_serve_command(sub: Any) -> None:
         help="upstream base URL as the openai client takes it, e.g. https://api.openai.com/v1 "
         "(default: server.upstream)",
     )
-    p.add_argument("--host", default=None, help="bind address (default: server.host, 127.0.0.1)")
-    p.add_argument("--port", type=_port, default=None, help="port (default: server.port, 8080)")
-    # SUPPRESS: without --config here, the top-level --config (before 'serve') stays in effect.
-    p.add_argument("--config", default=argparse.SUPPRESS, help="YAML settings file")
-    p.add_argument("--codebook", default=None, help="codebook file (default: configured)")
-    p.add_argument(
-        "--log-level",
-        default="info",
-        choices=["critical", "error", "warning", "info", "debug"],
-        help="uvicorn log level",
+    add_server_arguments(
+        p, section="server", codebook_help="codebook file (default: configured)", log_level="info"
     )
     p.set_defaults(func=cmd_serve)
 

@@ -20,6 +20,7 @@ and only the app decides which proxies to believe. Nothing here knows about the 
 
 from __future__ import annotations
 
+import argparse
 import logging
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -106,6 +107,32 @@ def _server_class() -> type:
     return GracefulServer
 
 
+def port_number(value: str) -> int:
+    """argparse type of a TCP port (0 picks a free one)."""
+    port = int(value)
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"port {port} is not in 0..65535")
+    return port
+
+
+def add_server_arguments(
+    p: argparse.ArgumentParser, *, section: str, codebook_help: str, log_level: str
+) -> None:
+    """The arguments of every command that serves (``serve``, ``model serve``): ``--host``
+    and ``--port`` over the settings ``section``, ``--config``, ``--codebook``, ``--log-level``."""
+    p.add_argument("--host", default=None, help=f"bind address (default: {section}.host)")
+    p.add_argument("--port", type=port_number, default=None, help=f"port (default: {section}.port)")
+    # SUPPRESS: without --config here, the top-level --config (before the command) stays.
+    p.add_argument("--config", default=argparse.SUPPRESS, help="YAML settings file")
+    p.add_argument("--codebook", default=None, help=codebook_help)
+    p.add_argument(
+        "--log-level",
+        default=log_level,
+        choices=["critical", "error", "warning", "info", "debug"],
+        help="uvicorn log level",
+    )
+
+
 def serve(
     app: ASGIApp,
     *,
@@ -142,4 +169,11 @@ def serve(
     return 0
 
 
-__all__ = ["DEFAULT_GRACE_S", "DEFAULT_KEEPALIVE_S", "DrainGate", "serve"]
+__all__ = [
+    "DEFAULT_GRACE_S",
+    "DEFAULT_KEEPALIVE_S",
+    "DrainGate",
+    "add_server_arguments",
+    "port_number",
+    "serve",
+]

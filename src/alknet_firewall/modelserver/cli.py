@@ -6,18 +6,13 @@ import argparse
 import sys
 from typing import Any
 
+from ..integrations.serving import add_server_arguments
+
 __all__ = [
     "add_model_serve_command",
     "check_exposure",
     "cmd_model_serve",
 ]
-
-
-def _port(value: str) -> int:
-    port = int(value)
-    if not 0 <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"port {port} is not in 0..65535")
-    return port
 
 
 def add_model_serve_command(msub: Any) -> None:
@@ -33,19 +28,12 @@ def add_model_serve_command(msub: Any) -> None:
         default="local",
         help="local: one uvicorn process; ray: Ray Serve (extra alknet-firewall[ray])",
     )
-    p.add_argument("--host", default=None, help="bind address (default: model_server.host)")
-    p.add_argument("--port", type=_port, default=None, help="port (default: model_server.port)")
-    p.add_argument("--config", default=argparse.SUPPRESS, help="YAML settings file")
-    p.add_argument(
-        "--codebook",
-        default=None,
-        help="serve the model read the way this codebook needs (default: configured codebook)",
-    )
-    p.add_argument(
-        "--log-level",
-        default="warning",
-        choices=["critical", "error", "warning", "info", "debug"],
-        help="uvicorn log level",
+    add_server_arguments(
+        p,
+        section="model_server",
+        codebook_help="serve the model read the way this codebook needs (default: configured "
+        "codebook)",
+        log_level="warning",
     )
     p.set_defaults(func=cmd_model_serve)
 
