@@ -42,14 +42,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from ..errors import (
-    BadInputError,
-    FirewallClosedError,
-    FirewallError,
-    InputTooLargeError,
-    OverloadError,
-    ScreenTimeoutError,
-)
+from .. import errors
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..firewall import Verdict
@@ -60,6 +53,7 @@ __all__ = [
     "PERMANENT_CODES",
     "RATE_LIMIT",
     "SERVER_ERROR",
+    "STATUSES",
     "ASGISend",
     "ErrorReply",
     "blocked",
@@ -216,34 +210,36 @@ def blocked(verdict: Verdict, status: int = 400) -> ErrorReply:
     return ErrorReply(status, body, _verdict_headers(verdict))
 
 
+#: HTTP status of the errors screening raises, the most specific class first; any other: 500.
+STATUSES: tuple[tuple[type[errors.FirewallError], int], ...] = (
+    (errors.InputTooLargeError, 413),
+    (errors.BadInputError, 400),
+    (errors.OverloadError, 429),
+    (errors.FirewallClosedError, 503),
+    (errors.ScreenTimeoutError, 503),
+)
+
+
 def status_for(exc: BaseException) -> int:
-    """HTTP status for an error raised while screening."""
-    if isinstance(exc, InputTooLargeError):
-        return 413
-    if isinstance(exc, BadInputError):
-        return 400
-    if isinstance(exc, OverloadError):
-        return 429
-    if isinstance(exc, (FirewallClosedError, ScreenTimeoutError)):
-        return 503
-    return 500
+    """HTTP status for an error raised while screening (:data:`STATUSES`)."""
+    return next((status for cls, status in STATUSES if isinstance(exc, cls)), 500)
 
 
 def from_exception(exc: BaseException, *, verdict: Verdict | None = None) -> ErrorReply:
     """The reply to an exception raised while screening (any :class:`FirewallError`)."""
     status = status_for(exc)
-    code = exc.code if isinstance(exc, FirewallError) else "internal_error"
+    code = exc.code if isinstance(exc, errors.FirewallError) else "internal_error"
     headers = _verdict_headers(verdict)
-    if isinstance(exc, OverloadError):
+    if isinstance(exc, errors.OverloadError):
         headers["retry-after"] = str(max(1, math.ceil(exc.retry_after)))
     elif status == 503:
         headers["retry-after"] = "1"
-    if isinstance(exc, OverloadError):  # a remote backend's text would name its URL
+    if isinstance(exc, errors.OverloadError):  # a remote backend's text would name its URL
         message = (
             f"The firewall is overloaded ({code}); the request was not forwarded. Retry "
             f"after {headers['retry-after']} s."
         )
-    elif isinstance(exc, FirewallError) and status < 500:
+    elif isinstance(exc, errors.FirewallError) and status < 500:
         message = str(exc)  # the client's own input: what to change
     else:  # a server-side failure: its text (URLs, paths, internals) goes to the log only
         log.warning("screening failed (%s): %s: %s", code, type(exc).__name__, exc)
