@@ -304,11 +304,10 @@ def test_litellm_proxy_with_the_packaged_config(flow: Flow) -> None:
                 stdin=subprocess.DEVNULL, start_new_session=True,
             )  # fmt: skip
             try:
-                log = flow.root / "litellm.log"
                 wait_healthy(
                     proc,
                     f"http://127.0.0.1:{port}/health/liveliness",
-                    lambda: log.read_text()[-6000:],
+                    lambda: (flow.root / "litellm.log").read_text()[-6000:],
                     what="litellm",
                 )
             except BaseException:
