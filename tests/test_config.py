@@ -460,6 +460,21 @@ def test_legacy_flat_keys_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
     assert any("ALKNET_FIREWALL_MODEL__ONNX__PATH" in str(w.message) for w in record)
 
 
+def test_legacy_env_values_are_compared_as_their_fields_hold_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # An environment value is a string ("0"); a pass over already-moved settings holds 0.
+    monkeypatch.setenv("ALKNET_FIREWALL_MODEL__BACKEND_RETRIES", "0")
+    monkeypatch.setenv("ALKNET_FIREWALL_MODEL__BACKEND_TIMEOUT_S", "5")
+    with pytest.warns(DeprecationWarning):
+        s = load_settings()
+        again = s.merged(server={"port": 9999})
+    assert (again.model.remote.retries, again.model.remote.timeout_s) == (0, 5.0)
+    monkeypatch.setenv("ALKNET_FIREWALL_MODEL__REMOTE__RETRIES", "1")
+    with pytest.warns(DeprecationWarning), pytest.raises(ConfigurationError, match="disagree"):
+        load_settings()
+
+
 def test_legacy_and_new_name_must_agree() -> None:
     with pytest.warns(DeprecationWarning):
         same = load_settings(model={"onnx_threads": 2, "onnx": {"threads": 2}})

@@ -35,13 +35,14 @@ def fw() -> Iterator[Firewall]:
 
 
 def test_default_codebook_matches_the_embedded_model(fw: Firewall) -> None:
-    info = fw.describe()
-    assert info["codebook"]["layers"] == list(fw.model.layers)
-    assert info["codebook"]["model"]["weights_digest"] == fw.model.weights_digest
+    info, status = fw.codebook.info(), fw.status()
+    assert info["layers"] == list(fw.model.layers) == status.model.layers
+    assert info["model"]["weights_digest"] == fw.model.weights_digest
+    assert status.codebook_id == fw.codebook.id
     # The dtype is an execution choice (model.dtype auto, ADR 0005): the codebook records the
     # one it was fitted in and holds in both.
-    assert info["codebook"]["model"]["dtype"] in ("float32", "bfloat16")
     assert info["model"]["dtype"] in ("float32", "bfloat16")
+    assert status.model.dtype in ("float32", "bfloat16")
 
 
 def test_clear_cut_texts(fw: Firewall) -> None:

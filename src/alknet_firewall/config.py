@@ -21,7 +21,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 from typing_extensions import Self  # pydantic's own dependency; typing.Self needs 3.11
 
@@ -262,7 +270,19 @@ LEGACY_MODEL_KEYS: dict[str, tuple[str, str]] = {
 }
 
 
-def _plain(value: Any) -> Any:
+_GROUP_MODELS: dict[str, type[BaseModel]] = {
+    "reading": ReadingSettings,
+    "onnx": OnnxSettings,
+    "remote": RemoteSettings,
+}
+
+
+def _plain(group: str, name: str, value: Any) -> Any:
+    """``value`` as field ``group.name`` holds it (an environment variable's ``"0"`` is the
+    ``0`` of a YAML file), for comparing an old name's value with its new name's."""
+    with contextlib.suppress(ValidationError):
+        field = _GROUP_MODELS[group].model_fields[name]
+        value = TypeAdapter(field.annotation).validate_python(value)
     return list(value) if isinstance(value, tuple) else value
 
 
@@ -287,7 +307,7 @@ def _upgrade_model_keys(data: Mapping[str, Any]) -> dict[str, Any]:
         if not isinstance(section, Mapping):
             raise ValueError(f"model.{group} must be a mapping, got {section!r}")
         section = dict(section)
-        if name in section and _plain(section[name]) != _plain(value):
+        if name in section and _plain(group, name, section[name]) != _plain(group, name, value):
             raise ValueError(
                 f"model.{old} (deprecated) = {value!r} and {new} = {section[name]!r} disagree; "
                 f"set only {new}"

@@ -27,8 +27,8 @@ def test_fail_closed_body_carries_no_topology(echo: Any, tmp_path: Path) -> None
             tmp_path,
             {"upstream": echo.url},
             ALKNET_FIREWALL_MODEL__BACKEND="remote",
-            ALKNET_FIREWALL_MODEL__BACKEND_URL=model.url,
-            ALKNET_FIREWALL_MODEL__BACKEND_RETRIES="0",
+            ALKNET_FIREWALL_MODEL__REMOTE__URL=model.url,
+            ALKNET_FIREWALL_MODEL__REMOTE__RETRIES="0",
         ).start()
         model.kill()
         before = len(echo.recorded)
