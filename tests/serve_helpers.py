@@ -61,7 +61,14 @@ class Serve:
             self.proc = subprocess.Popen(
                 self.cmd, env=self.env, stdout=out, stderr=subprocess.STDOUT
             )
-        wait_healthy(self.proc, self.url + "/healthz", self.output, timeout=timeout, what="serve")
+        try:
+            wait_healthy(
+                self.proc, self.url + "/healthz", self.output, timeout=timeout, what="serve"
+            )
+        except BaseException:
+            self.proc.kill()  # a server that never became healthy must not outlive the test
+            self.proc.wait(10)
+            raise
         return self
 
     def output(self) -> str:
