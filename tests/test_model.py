@@ -536,8 +536,10 @@ def test_remote_token_offsets_use_the_servers_tokenizer(
     from alknet_firewall.model.remote import RemoteActivationModel
 
     raw = (embedded_dir / "tokenizer.json").read_bytes()
-    ms = ModelSettings(layers=(8,), backend="remote", backend_url="http://model.test")
-    identity = {k: getattr(ms, k) for k in READING_KEYS} | {
+    ms = ModelSettings(
+        reading={"layers": (8,)}, backend="remote", remote={"url": "http://model.test"}
+    )
+    identity = {k: getattr(ms.reading, k) for k in READING_KEYS} | {
         "name": "m", "revision": "r", "weights_digest": "sha256:m", "layers": [8],
         "hidden_size": 576, "feature_size": 576, "dtype": "float32",
     }  # fmt: skip

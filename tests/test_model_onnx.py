@@ -187,7 +187,9 @@ def test_onnx_token_offsets_equal_torch(
     from alknet_firewall.errors import ModelError
     from tests.test_model import OFFSET_TEXTS, assert_offsets_map_tokens
 
-    model = onnx_backend.OnnxActivationModel(ModelSettings(layers=(8,), onnx_threads=1))
+    model = onnx_backend.OnnxActivationModel(
+        ModelSettings(reading={"layers": (8,)}, onnx={"threads": 1})
+    )
     for text in [*OFFSET_TEXTS, LONG]:
         assert_offsets_map_tokens(model, model.tokenizer.decode, text)
         assert model.token_offsets(text) == torch_fp32.token_offsets(text)
